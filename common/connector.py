@@ -1,0 +1,39 @@
+"""What a connector package declares so the runtime and the CLI can run it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from common.config import WorkerSettings
+from common.task import SinkTask, SourceTask
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    """A connector: its type name, its settings class and how to build its task."""
+
+    name: str
+    kind: Literal["source", "sink"]
+    settings: type[WorkerSettings]
+    task_factory: Callable[[WorkerSettings], SourceTask | SinkTask]
+    description: str = ""
+
+
+# The connectors the CLI knows, by type name -> module that defines `CONNECTOR`.
+REGISTRY: dict[str, str] = {
+    "source-lis": "connectors.source_lis.connector",
+    "sink-notify": "connectors.sink_notify.connector",
+    "sink-billing": "connectors.sink_billing.connector",
+    "sink-warehouse": "connectors.sink_warehouse.connector",
+}
+
+
+def load_connector(name: str) -> ConnectorSpec:
+    import importlib
+
+    module = importlib.import_module(REGISTRY[name])
+    spec = module.CONNECTOR
+    assert isinstance(spec, ConnectorSpec)
+    return spec

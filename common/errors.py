@@ -1,0 +1,106 @@
+"""How failures are classified, and how their messages are kept free of PHI.
+
+    ConnectorError
+     ├── RetriableError   transient: network, 5xx, timeouts, broker or DB unavailable
+     └── PermanentError   the record itself is bad: bad data, 4xx, constraint violation
+          └── ConfigError  a setting is missing or invalid (exit code 2)
+
+Foreign exceptions are classified by :func:`is_retriable`. Messages of our own
+errors are written to be safe (identifiers only); messages of foreign exceptions
+pass through :func:`scrub` before they reach a log line or a DLQ header.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+
+class ConnectorError(Exception):
+    """Base of the project's errors. ``str(error)`` must never contain PHI."""
+
+
+class RetriableError(ConnectorError):
+    """Trying again later may succeed."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ConnectorError):
+    """Trying again will fail the same way: the record goes to the DLQ (or the task fails)."""
+
+
+class ConfigError(PermanentError):
+    """Invalid configuration; ``problems`` names every bad variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration: " + "; ".join(problems))
+        self.problems = problems
+
+
+_RETRIABLE_NAMES = {
+    # httpx / httpcore
+    "TimeoutException", "ConnectError", "ReadError", "WriteError", "RemoteProtocolError",
+    "PoolTimeout", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "NetworkError",
+    # SQLAlchemy / DBAPI
+    "OperationalError", "InterfaceError", "DisconnectionError",
+    # botocore
+    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+}
+
+
+def is_retriable(error: BaseException) -> bool:
+    """True when the failure is transient (see the module docstring)."""
+    if isinstance(error, RetriableError):
+        return True
+    if isinstance(error, PermanentError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError, socket.timeout)):
+        return True
+    retriable_attr = getattr(error, "retriable", None)  # confluent_kafka.KafkaError
+    if callable(retriable_attr):
+        try:
+            return bool(retriable_attr())
+        except Exception:
+            return False
+    for cls in type(error).__mro__:
+        if cls.__name__ in _RETRIABLE_NAMES:
+            return True
+    response = getattr(error, "response", None)  # httpx.HTTPStatusError, botocore ClientError
+    status = getattr(response, "status_code", None)
+    if status is None and isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    return False
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+_PHONE = re.compile(r"\+?\d[\d ()./-]{6,}\d")
+_QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(\.\d+)?(?![\w.])")
+_SQL_PARAMS = re.compile(r"\[parameters: .*?\]|\(Background on this error.*?\)", re.S)
+
+
+def scrub(message: str, limit: int = 500) -> str:
+    """Remove what could be PHI from a foreign exception message.
+
+    Quoted literals (which is where drivers echo values), e-mail addresses, phone
+    numbers, bare numbers and SQL parameter dumps are replaced by placeholders;
+    identifiers and structure stay so the message is still useful.
+    """
+    text = _SQL_PARAMS.sub("", message)
+    text = _EMAIL.sub("<email>", text)
+    text = _QUOTED.sub("<value>", text)
+    text = _PHONE.sub("<number>", text)
+    text = _NUMBER.sub("<n>", text)
+    return text.strip()[:limit]
+
+
+def safe_message(error: BaseException) -> str:
+    """The message of an error as it may be logged or put in a DLQ header."""
+    if isinstance(error, ConnectorError):
+        return str(error)[:500]
+    return scrub(str(error))

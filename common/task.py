@@ -1,0 +1,88 @@
+"""The two task contracts a connector implements; everything else is the runtime's.
+
+A source task turns an external system into :class:`SourceRecord` batches. The
+runtime writes each batch and the batch's source offsets in one Kafka transaction,
+then calls :meth:`SourceTask.on_committed` (an HL7 listener sends its ACKs there).
+
+A sink task receives decoded :class:`SinkRecord` batches in :meth:`SinkTask.put`
+and makes everything it was given durable in :meth:`SinkTask.flush`; only after
+``flush`` returns does the runtime commit the consumer offsets. If ``put`` or
+``flush`` raises, the runtime calls :meth:`SinkTask.abort` (drop what was buffered
+since the last successful flush), then retries or splits the batch to isolate a
+poison record, so both must be safe to call again with the same records.
+
+A sink that stores its consumed offsets itself (in the same database transaction
+as its rows) returns them from :meth:`SinkTask.open`; the runtime then seeks
+there instead of trusting the consumer group.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from common.records import DeadLetter, SinkRecord, SourceRecord
+
+TopicPartition = tuple[str, int]
+
+
+class SourceTaskContext(Protocol):
+    connector_name: str
+    task_id: int
+
+    def offset(self, partition: dict[str, Any]) -> dict[str, Any] | None:
+        """The last committed source offset for a source partition, or None."""
+
+
+class SourceTask(ABC):
+    def start(self, context: SourceTaskContext) -> None:
+        """Called once before the first poll."""
+        self.context = context
+
+    @abstractmethod
+    def poll(self) -> Sequence[SourceRecord | DeadLetter]:
+        """Return the next batch (possibly empty; block at most about a second)."""
+
+    def on_committed(self, batch: Sequence[SourceRecord | DeadLetter]) -> None:
+        """The batch and its offsets are committed to Kafka."""
+
+    def on_aborted(self, batch: Sequence[SourceRecord | DeadLetter], error: BaseException) -> None:
+        """The batch could not be committed; it will not be retried by the runtime."""
+
+    def stop(self) -> None:
+        """Release resources; called once, also after a failure."""
+
+
+class SinkTaskContext(Protocol):
+    connector_name: str
+    task_id: int
+
+
+class SinkTask(ABC):
+    def start(self, context: SinkTaskContext) -> None:
+        """Called once before the first batch."""
+        self.context = context
+
+    def open(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int] | None:
+        """Partitions were assigned. Return {partition: next offset} to resume there,
+        or None to resume from the consumer group's committed offsets."""
+        return None
+
+    @abstractmethod
+    def put(self, records: Sequence[SinkRecord]) -> None:
+        """Process or buffer a batch of records."""
+
+    @abstractmethod
+    def flush(self, offsets: dict[TopicPartition, int]) -> None:
+        """Make every record given to ``put`` durable. ``offsets`` are the next
+        offsets to consume per partition once this flush succeeds."""
+
+    def abort(self) -> None:
+        """Forget whatever ``put`` buffered since the last successful flush."""
+
+    def close(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions were revoked (after a final flush and commit)."""
+
+    def stop(self) -> None:
+        """Release resources; called once, also after a failure."""

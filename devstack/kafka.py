@@ -1,0 +1,267 @@
+"""A single-node Apache Kafka 4.x broker (KRaft: broker and controller in one JVM).
+
+The broker's jars are resolved from Maven Central with Maven into a cache directory
+outside the repository (``$LABCONNECT_CACHE``, default ``~/.cache/labconnect``), then
+the storage is formatted and ``kafka.Kafka`` is started as a plain Java process.
+
+    python -m devstack.kafka up [--port 9092] [--data DIR]
+    python -m devstack.kafka status
+    python -m devstack.kafka down
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.ports import free_port, wait_for_port
+
+KAFKA_VERSION = os.environ.get("KAFKA_VERSION", "4.1.1")
+SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>labconnect.devstack</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{version}</version>
+    </dependency>
+    <dependency>
+      <groupId>{log_group}</groupId><artifactId>{log_artifact}</artifactId><version>{log_version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J = """log4j.rootLogger=WARN, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaRaftServer=INFO
+log4j.logger.kafka.server.BrokerServer=INFO
+"""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LABCONNECT_CACHE", Path.home() / ".cache" / "labconnect"))
+
+
+def state_dir() -> Path:
+    """Where `up` leaves the pid and address of the broker it started."""
+    return cache_dir() / "run"
+
+
+def resolve_jars(version: str = KAFKA_VERSION) -> Path:
+    """Return a directory holding the broker's jars, fetching them with Maven once."""
+    target = cache_dir() / f"kafka-{version}"
+    libs = target / "libs"
+    stamp = target / ".complete"
+    if stamp.exists():
+        return libs
+    target.mkdir(parents=True, exist_ok=True)
+    group, artifact, log_version = SLF4J_BINDING
+    (target / "pom.xml").write_text(
+        _POM.format(version=version, log_group=group, log_artifact=artifact, log_version=log_version)
+    )
+    subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(target / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs}"],
+        check=True,
+    )
+    stamp.write_text(version)
+    return libs
+
+
+@dataclass
+class KafkaBroker:
+    """A running broker process and where to reach it."""
+
+    port: int
+    controller_port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    owns_data_dir: bool = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def properties(self) -> str:
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"log.dirs={self.data_dir / 'log'}",
+            # One node: every internal topic has one replica.
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=10",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created explicitly, as in production.
+            "auto.create.topics.enable=false",
+            "num.partitions=1",
+            "",
+        ])
+
+    def start(self, timeout: float = 90.0) -> None:
+        libs = resolve_jars()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(self.properties())
+        (self.data_dir / "log4j.properties").write_text(_LOG4J)
+        classpath = f"{libs}/*"
+        java = os.environ.get("JAVA", "java")
+        log_opt = f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}"
+        if not (self.data_dir / "log" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            subprocess.run(
+                [java, log_opt, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(props)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        heap = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
+        log_file = open(self.data_dir / "broker.log", "ab")
+        self.process = subprocess.Popen(
+            [java, *heap.split(), log_opt, "-cp", classpath, "kafka.Kafka", str(props)],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Ready means: an AdminClient metadata request answers."""
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        wait_for_port(self.port, timeout)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Kafka exited with {self.process.returncode}; see {self.data_dir}/broker.log")
+            try:
+                metadata = admin.list_topics(timeout=2)
+                if metadata.brokers:
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka did not answer metadata within {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # controlled shutdown
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def start_broker(port: int | None = None, data_dir: Path | None = None) -> KafkaBroker:
+    """Start a broker on the given port (a free one if None) and wait until it answers."""
+    owns = data_dir is None
+    broker = KafkaBroker(
+        port=port or free_port(),
+        controller_port=free_port(),
+        data_dir=data_dir or Path(tempfile.mkdtemp(prefix="kafka-")),
+        owns_data_dir=owns,
+    )
+    broker.start()
+    return broker
+
+
+def _pid_file() -> Path:
+    return state_dir() / "kafka.pid"
+
+
+def _cli_up(args: argparse.Namespace) -> int:
+    if _pid_file().exists() and _alive(int(_pid_file().read_text().split()[0])):
+        print(f"Kafka already running: {_pid_file().read_text().split()[1]}")
+        return 0
+    started = time.monotonic()
+    data_dir = Path(args.data) if args.data else state_dir() / "kafka-data"
+    if not args.data and data_dir.exists():
+        shutil.rmtree(data_dir)
+    broker = KafkaBroker(port=args.port, controller_port=args.port + 1, data_dir=data_dir)
+    broker.start()
+    state_dir().mkdir(parents=True, exist_ok=True)
+    assert broker.process is not None
+    _pid_file().write_text(f"{broker.process.pid} {broker.bootstrap_servers}\n")
+    print(f"Kafka {KAFKA_VERSION} ready on {broker.bootstrap_servers} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _cli_down(_: argparse.Namespace) -> int:
+    if not _pid_file().exists():
+        print("Kafka is not running")
+        return 0
+    pid = int(_pid_file().read_text().split()[0])
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    _pid_file().unlink()
+    print("Kafka stopped")
+    return 0
+
+
+def _cli_status(_: argparse.Namespace) -> int:
+    if _pid_file().exists():
+        pid_text, address = _pid_file().read_text().split()
+        if _alive(int(pid_text)):
+            print(f"Kafka running on {address} (pid {pid_text})")
+            return 0
+    print("Kafka is not running")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kafka-local", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="fetch (once) and start the broker")
+    up.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
+    up.add_argument("--data", help="data directory (default: a fresh one in the cache)")
+    up.set_defaults(run=_cli_up)
+    sub.add_parser("down", help="stop the broker").set_defaults(run=_cli_down)
+    sub.add_parser("status", help="is it running?").set_defaults(run=_cli_status)
+    sub.add_parser("fetch", help="only resolve the jars").set_defaults(run=lambda _: (resolve_jars(), 0)[1])
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
