@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from common.config import WorkerSettings
@@ -19,6 +19,10 @@ class ConnectorSpec:
     settings: type[WorkerSettings]
     task_factory: Callable[[WorkerSettings], SourceTask | SinkTask]
     description: str = ""
+    # Sink only: topic -> Avro full name the task reads values as (schema resolution).
+    reader_schemas: dict[str, str] = field(default_factory=dict)
+    # Brings the connector's own storage schema up to date (`labconnect migrate <name>`).
+    migrate: Callable[[WorkerSettings], None] | None = None
 
 
 # The connectors the CLI knows, by type name -> module that defines `CONNECTOR`.

@@ -34,7 +34,10 @@ class SinkRecord:
     """A record consumed from Kafka, decoded, handed to a sink task.
 
     ``raw_key``/``raw_value`` keep the exact bytes (the dead-letter queue re-sends
-    them byte-for-byte); ``value`` is the Avro value resolved to the reader schema.
+    them byte-for-byte); ``value`` is the Avro value, resolved to the sink's reader
+    schema for the topic if it declares one, else as written. ``schema`` names the
+    writer schema (``fp:<hex fingerprint>`` or ``id:<registry id>``); resolve it with
+    ``context.writer_schema``.
     """
 
     topic: str

@@ -50,6 +50,10 @@ class SourceTask(ABC):
     def on_aborted(self, batch: Sequence[SourceRecord | DeadLetter], error: BaseException) -> None:
         """The batch could not be committed; it will not be retried by the runtime."""
 
+    def done(self) -> bool:
+        """True when a bounded task (a replay window) has produced everything."""
+        return False
+
     def stop(self) -> None:
         """Release resources; called once, also after a failure."""
 
@@ -57,6 +61,9 @@ class SourceTask(ABC):
 class SinkTaskContext(Protocol):
     connector_name: str
     task_id: int
+
+    def writer_schema(self, schema_ref: str) -> dict[str, Any]:
+        """The parsed Avro schema a record was written with (``SinkRecord.schema``)."""
 
 
 class SinkTask(ABC):
