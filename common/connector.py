@@ -37,7 +37,14 @@ REGISTRY: dict[str, str] = {
 def load_connector(name: str) -> ConnectorSpec:
     import importlib
 
-    module = importlib.import_module(REGISTRY[name])
+    from common.errors import ConfigError
+
+    try:
+        module = importlib.import_module(REGISTRY[name])
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("connectors."):
+            raise
+        raise ConfigError([f"connector {name} is not available in this build"]) from None
     spec = module.CONNECTOR
     assert isinstance(spec, ConnectorSpec)
     return spec

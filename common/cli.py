@@ -1,0 +1,113 @@
+"""`labconnect`: the one entry point for running and operating the connectors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from common.connector import REGISTRY, load_connector
+from common.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from common.config import load_settings
+    from common.logs import configure_logging
+    from common.worker import run_connector
+
+    spec = load_connector(args.connector)
+    settings = load_settings(spec.settings)
+    if args.print_config:
+        print(json.dumps(settings.redacted(), indent=2, default=str))
+        return 0
+    configure_logging(settings)
+    return run_connector(spec, settings)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from common.config import load_settings
+
+    spec = load_connector(args.connector)
+    if spec.migrate is None:
+        print(f"{args.connector} has no storage schema to migrate")
+        return 0
+    spec.migrate(load_settings(spec.settings))
+    print(f"{args.connector}: schema is up to date")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    if args.connector != "source-lis":
+        print("replay: only source connectors replay; use `labconnect offsets reset` for sinks", file=sys.stderr)
+        return EXIT_CONFIG
+    from connectors.source_lis.replay import main as replay_main
+
+    return int(replay_main(list(args.rest)))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from common.status_view import main as status_main
+
+    return status_main(list(args.rest))
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from common.dlq_tool import main as dlq_main
+
+    return dlq_main(list(args.rest))
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from common.topics import main as topics_main
+
+    return topics_main(list(args.rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labconnect",
+        description="Kafka Connect-style connectors for lab results: LIS -> Kafka -> notify, billing, warehouse. "
+        "Configured by environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    names = sorted(REGISTRY)
+
+    run = sub.add_parser("run", help=f"run a connector: {', '.join(names)}")
+    run.add_argument("connector", choices=names)
+    run.add_argument("--print-config", action="store_true", help="print the effective config (secrets redacted)")
+    run.set_defaults(handler=_cmd_run)
+
+    migrate = sub.add_parser("migrate", help="bring a connector's database schema up to date")
+    migrate.add_argument("connector", choices=names)
+    migrate.set_defaults(handler=_cmd_migrate)
+
+    replay = sub.add_parser("replay", help="backfill: re-read a time window from the source")
+    replay.add_argument("connector", choices=["source-lis"])
+    replay.add_argument("rest", nargs=argparse.REMAINDER)
+    replay.set_defaults(handler=_cmd_replay)
+
+    for name, handler, text in (
+        ("status", _cmd_status, "one view of every connector's status"),
+        ("dlq", _cmd_dlq, "inspect and re-drive the dead-letter queue"),
+        ("topics", _cmd_topics, "create the project's topics"),
+    ):
+        command = sub.add_parser(name, help=text, add_help=False)
+        command.add_argument("rest", nargs=argparse.REMAINDER)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; exits the process with the command's exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = int(args.handler(args))
+    except ConfigError as error:
+        print(f"labconnect: {error}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

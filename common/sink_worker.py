@@ -1,0 +1,438 @@
+"""The sink runtime: consume, decode, batch, put/flush, dead-letter, commit.
+
+Guarantees, in the order the code keeps them:
+
+* Offsets are committed only after ``task.flush`` succeeded and the DLQ producer has
+  flushed, and the committed offset is the consumer's *position* (offsets are not
+  contiguous: transaction markers and compaction leave gaps).
+* A batch is flushed when it reaches ``FLUSH_MAX_RECORDS`` or ``FLUSH_MAX_BYTES``, when
+  its oldest record is ``FLUSH_MAX_AGE_MS`` old, or when a partition with buffered
+  records has received nothing for ``FLUSH_IDLE_MS``; each flush is followed by a
+  commit before anything more is consumed.
+* Retriable failures are retried with backoff while the partitions are paused (the
+  consumer keeps polling, so it stays in the group); past ``ERRORS_RETRY_TIMEOUT_MS``
+  the task fails. A permanent failure splits the batch in halves until the poison
+  record is isolated; it goes to the DLQ and its batch-mates are delivered.
+* On revocation and on shutdown the batch is flushed and committed synchronously.
+
+So a SIGKILL at any moment loses nothing: whatever was not committed is redelivered,
+and sinks make a redelivered record a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from common.config import SinkSettings
+from common.connector import ConnectorSpec
+from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
+from common.errors import RetriableError, is_retriable, safe_message
+from common.metrics import TaskMetrics
+from common.records import SinkRecord
+from common.retry import RetryPolicy
+from common.serde import Serde, make_serde
+from common.status import Control, StatusReporter, TaskState
+from common.task import SinkTask, TopicPartition as TP
+
+log = logging.getLogger(__name__)
+
+
+class TaskFailed(Exception):
+    """The task cannot go on (retries exhausted, tolerance none, DLQ limit)."""
+
+
+class _Abandoned(Exception):
+    """Partitions were revoked while a batch was being retried: drop it, it is redelivered."""
+
+
+class SinkBatch:
+    """Records consumed since the last commit, with the bookkeeping flush triggers need."""
+
+    def __init__(self) -> None:
+        self.records: list[SinkRecord] = []
+        self.bytes = 0
+        self.started = 0.0
+        self.last_seen: dict[TP, float] = {}
+        self.dirty = False  # something (maybe only dead letters) awaits a commit
+
+    def add(self, record: SinkRecord, size: int, now: float) -> None:
+        if not self.records:
+            self.started = now
+        self.records.append(record)
+        self.bytes += size
+        self.last_seen[(record.topic, record.partition)] = now
+        self.dirty = True
+
+    def clear(self) -> None:
+        self.records = []
+        self.bytes = 0
+        self.last_seen.clear()
+        self.dirty = False
+
+
+class SinkContext:
+    def __init__(self, connector_name: str, task_id: int, serde: Serde) -> None:
+        self.connector_name = connector_name
+        self.task_id = task_id
+        self._serde = serde
+
+    def writer_schema(self, schema_ref: str) -> dict[str, Any]:
+        return self._serde.writer_schema(schema_ref)
+
+
+class SinkWorker:
+    def __init__(self, spec: ConnectorSpec, settings: SinkSettings, task: SinkTask, status: StatusReporter,
+                 control: Control, serde: Serde | None = None) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.task = task
+        self.status = status
+        self.control = control
+        self.name = settings.connector_name or spec.name
+        self.serde = serde or make_serde(settings.schema_registry_url, settings.schema_registry_auto_register)
+        self.metrics = TaskMetrics(self.name, settings.task_id)
+        self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
+        self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
+                                         settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
+        kafka = settings.kafka_properties()
+        self.consumer = Consumer({
+            "group.id": f"connect-{self.name}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "range",
+            **kafka,
+        })
+        self.dlq = DeadLetterQueue(
+            Producer({"enable.idempotence": True, "linger.ms": 5, **kafka}),
+            settings.errors_deadletterqueue_topic_name, self.name, settings.task_id,
+            settings.errors_deadletterqueue_context_headers_enable,
+        )
+        self.batch = SinkBatch()
+        self.reader_schemas = spec.reader_schemas
+        self._delivering = False
+        self._revoked_while_delivering = False
+        self._callback_error: BaseException | None = None
+        self._assigned: list[TopicPartition] = []
+
+    # ----------------------------------------------------------------- main loop
+    def run(self) -> None:
+        self.task.start(SinkContext(self.name, self.settings.task_id, self.serde))
+        self.consumer.subscribe(self.settings.topic_list, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.status.set(TaskState.RUNNING)
+        s = self.settings
+        try:
+            while not self.control.stop_requested.is_set():
+                if self.control.paused.is_set():
+                    self._pause_loop()
+                    continue
+                messages = self.consumer.consume(s.consume_batch_size, timeout=self._poll_timeout())
+                self._raise_callback_error()
+                if messages:
+                    self._accept(messages)
+                if self._should_flush(time.monotonic()):
+                    self._flush_and_commit()
+            self._shutdown()
+        finally:
+            self.task.stop()
+
+    def _poll_timeout(self) -> float:
+        if not self.batch.dirty:
+            return 0.5
+        return min(0.1, self.settings.flush_idle_ms / 4000.0)
+
+    def _accept(self, messages: list[Message]) -> None:
+        now = time.monotonic()
+        decode = self.serde.decode
+        readers = self.reader_schemas
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(error)
+            topic = message.topic()
+            raw_value = message.value()
+            raw_key = message.key()
+            value: dict[str, Any] | None = None
+            schema_ref: str | None = None
+            if raw_value is not None:
+                try:
+                    value, schema_ref = decode(raw_value, readers.get(topic))
+                except Exception as exc:
+                    self._dead_letter_message(message, exc, "VALUE_CONVERTER")
+                    continue
+            try:
+                key = raw_key.decode() if raw_key is not None else None
+            except UnicodeDecodeError as exc:
+                self._dead_letter_message(message, exc, "KEY_CONVERTER")
+                continue
+            record = SinkRecord(topic, message.partition(), message.offset(), message.timestamp()[1], key, value,
+                                raw_key, raw_value, message.headers() or [], schema_ref)
+            self.batch.add(record, len(raw_value or b"") + len(raw_key or b""), now)
+        self.metrics.sink_record_read.inc(len(messages))
+
+    def _should_flush(self, now: float) -> bool:
+        batch, s = self.batch, self.settings
+        if not batch.dirty:
+            return False
+        if not batch.records:
+            return True  # only dead letters: commit past them
+        if len(batch.records) >= s.flush_max_records or batch.bytes >= s.flush_max_bytes:
+            return True
+        if (now - batch.started) * 1000 >= s.flush_max_age_ms:
+            return True
+        idle = s.flush_idle_ms / 1000.0
+        return any(now - seen >= idle for seen in batch.last_seen.values())
+
+    # ------------------------------------------------------------ flush + commit
+    def _flush_and_commit(self) -> None:
+        if not self.batch.dirty:
+            return
+        offsets = self._positions()
+        records = self.batch.records
+        started = time.monotonic()
+        self._delivering = True
+        try:
+            if records:
+                self._deliver(records, offsets)
+            self._retrying(self.dlq.flush, "dead-letter flush")
+            if offsets:
+                self._retrying(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), "offset commit")
+                self.metrics.offset_commit.inc()
+        except _Abandoned:
+            log.warning("partitions revoked during retries; the batch will be redelivered")
+            self.task.abort()
+        finally:
+            self._delivering = False
+            self._revoked_while_delivering = False
+            self.batch.clear()
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        if self.status.state != TaskState.RUNNING and not self.control.paused.is_set():
+            self.status.set(TaskState.RUNNING)
+
+    def _positions(self) -> list[TopicPartition]:
+        """Committable positions of the partitions that have something in this batch."""
+        touched = {(r.topic, r.partition) for r in self.batch.records} | set(self.batch.last_seen)
+        if not touched and self._assigned:
+            touched = {(tp.topic, tp.partition) for tp in self._assigned}
+        if not touched:
+            return []
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in touched])
+        return [tp for tp in positions if tp.offset >= 0]
+
+    def _deliver(self, records: Sequence[SinkRecord], positions: list[TopicPartition]) -> None:
+        final = {(tp.topic, tp.partition): tp.offset for tp in positions}
+        try:
+            self._put_and_flush(records, final)
+            self.budget.record_valid(len(records))
+        except Exception as exc:
+            if self.settings.errors_tolerance == "none":
+                raise TaskFailed(f"put failed and errors.tolerance=none: {safe_message(exc)}") from exc
+            log.warning("batch failed permanently (%s); isolating the bad record", type(exc).__name__,
+                        extra={"count": len(records)})
+            self._split(records, final)
+
+    def _put_and_flush(self, records: Sequence[SinkRecord], offsets: dict[TP, int]) -> None:
+        """put + flush, retrying retriable failures; raises on a permanent one."""
+        def attempt() -> None:
+            try:
+                self.task.put(records)
+                self.task.flush(offsets)
+            except BaseException:
+                self.task.abort()
+                raise
+        self._retrying(attempt, "put/flush")
+        self.metrics.sink_record_send.inc(len(records))
+
+    def _split(self, records: Sequence[SinkRecord], final: dict[TP, int]) -> None:
+        if len(records) == 1:
+            record = records[0]
+            try:
+                self._put_and_flush(records, _offsets_through(records, final, last=True))
+                self.budget.record_valid()
+            except (TaskFailed, _Abandoned):
+                raise
+            except Exception as exc:
+                self._dead_letter_record(record, exc, "TASK_PUT")
+            return
+        middle = len(records) // 2
+        for part, is_last in ((records[:middle], False), (records[middle:], True)):
+            offsets = _offsets_through(part, final, last=is_last)
+            try:
+                self._put_and_flush(part, offsets)
+                self.budget.record_valid(len(part))
+            except (TaskFailed, _Abandoned):
+                raise
+            except Exception:
+                self._split(part, final if is_last else offsets)
+
+    def _retrying(self, operation: Any, what: str) -> None:
+        delays = self.retry.delays()
+        while True:
+            try:
+                operation()
+                return
+            except (TaskFailed, _Abandoned):
+                raise
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                self.metrics.retries.inc()
+                self.metrics.last_error.set_to_current_time()
+                delay = next(delays, None)
+                if delay is None:
+                    raise TaskFailed(f"{what} still failing after errors.retry.timeout: {safe_message(exc)}") from exc
+                self.status.set(TaskState.RUNNING, trace=f"retrying {what}: {type(exc).__name__}: {safe_message(exc)}")
+                log.warning("%s failed, retrying in %.2fs: %s", what, delay, safe_message(exc),
+                            extra={"error_class": type(exc).__name__, "delay_s": round(delay, 3)})
+                self._wait_paused(delay)
+
+    def _wait_paused(self, seconds: float) -> None:
+        """Sleep while keeping group membership: partitions paused, consumer polled."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                messages = self.consumer.consume(1, timeout=min(remaining, 0.2))
+                if messages:  # cannot happen while paused, but never drop a record silently
+                    raise RetriableError("received records while paused")
+                if self._revoked_while_delivering:
+                    raise _Abandoned()
+                if self.control.stop_requested.is_set() and self._past_shutdown_deadline():
+                    raise TaskFailed("shutdown timeout reached while retrying")
+        finally:
+            current = self.consumer.assignment()
+            if current:
+                self.consumer.resume(current)
+
+    # ------------------------------------------------------------- dead letters
+    def _dead_letter_message(self, message: Message, error: BaseException, stage: str) -> None:
+        if self.settings.errors_tolerance == "none":
+            raise TaskFailed(f"{stage} failed and errors.tolerance=none: {safe_message(error)}")
+        ts_type, ts = message.timestamp()
+        self.dlq.send(key=message.key(), value=message.value(), headers=message.headers(), timestamp_ms=ts or None,
+                      origin_topic=message.topic(), partition=message.partition(), offset=message.offset(),
+                      stage=stage, class_name=type(self.task).__qualname__, error=error)
+        self._count_invalid(message.topic(), message.partition(), message.offset(), stage, error)
+        self.batch.dirty = True
+        self.batch.last_seen.setdefault((message.topic(), message.partition()), time.monotonic())
+
+    def _dead_letter_record(self, record: SinkRecord, error: BaseException, stage: str) -> None:
+        self.dlq.send(key=record.raw_key, value=record.raw_value, headers=record.headers,
+                      timestamp_ms=record.timestamp_ms or None, origin_topic=record.topic,
+                      partition=record.partition, offset=record.offset, stage=stage,
+                      class_name=type(self.task).__qualname__, error=error)
+        self._count_invalid(record.topic, record.partition, record.offset, stage, error)
+
+    def _count_invalid(self, topic: str, partition: int, offset: int, stage: str, error: BaseException) -> None:
+        self.metrics.record_errors.inc()
+        self.metrics.dlq_produce.inc()
+        self.metrics.last_error.set_to_current_time()
+        log.warning("record sent to the dead-letter queue at %s: %s", stage, safe_message(error),
+                    extra={"topic": topic, "partition": partition, "offset": offset,
+                           "error_class": type(error).__name__})
+        try:
+            self.budget.record_invalid()
+        except Exception as exc:
+            raise TaskFailed(f"dead-letter limit exceeded: {exc}") from exc
+
+    # ---------------------------------------------------------------- rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            stored = self.task.open([(tp.topic, tp.partition) for tp in partitions])
+            if stored:
+                for tp in partitions:
+                    if (tp.topic, tp.partition) in stored:
+                        tp.offset = stored[(tp.topic, tp.partition)]
+                consumer.assign(partitions)
+            self._assigned = list(partitions)
+            log.info("partitions assigned", extra={"count": len(partitions)})
+        except BaseException as exc:
+            self._callback_error = exc
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            if self._delivering:
+                self._revoked_while_delivering = True
+                return
+            self._flush_and_commit()
+            self.task.close([(tp.topic, tp.partition) for tp in partitions])
+            self._assigned = []
+        except BaseException as exc:
+            self._callback_error = exc
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (not revoked): someone else may own them already; committing is unsafe.
+        self.task.abort()
+        self.batch.clear()
+        self._assigned = []
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
+
+    # ----------------------------------------------------------------- pausing
+    def _pause_loop(self) -> None:
+        self._flush_and_commit()
+        self.status.set(TaskState.PAUSED)
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        while self.control.paused.is_set() and not self.control.stop_requested.is_set():
+            self.consumer.consume(1, timeout=0.2)
+            self._raise_callback_error()
+        current = self.consumer.assignment()
+        if current:
+            self.consumer.resume(current)
+        self.status.set(TaskState.RUNNING)
+
+    # ---------------------------------------------------------------- shutdown
+    def _past_shutdown_deadline(self) -> bool:
+        return time.monotonic() > self._shutdown_deadline
+
+    _shutdown_deadline = float("inf")
+
+    def _shutdown(self) -> None:
+        """Stop fetching, flush, commit, leave the group."""
+        self._shutdown_deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000.0
+        self._flush_and_commit()
+        self.consumer.close()  # revokes: nothing left to flush
+        self.dlq.flush(5)
+        self.status.set(TaskState.STOPPED)
+
+    def close_on_failure(self) -> None:
+        """After a failure: leave the group without committing anything not flushed."""
+        try:
+            self.batch.clear()
+            self.task.abort()
+            self.consumer.close()
+        except Exception:
+            pass
+
+
+def _offsets_through(part: Sequence[SinkRecord], final: dict[TP, int], last: bool) -> dict[TP, int]:
+    """Offsets to store when ``part`` (a prefix-closed slice of the batch) is durable.
+
+    For the batch's last slice these are the consumer positions; for an earlier slice,
+    the offset after its last record per partition — a safe resume point, since the
+    broker skips to the next existing offset."""
+    if last:
+        return dict(final)
+    offsets: dict[TP, int] = {}
+    for record in part:
+        offsets[(record.topic, record.partition)] = record.offset + 1
+    return offsets

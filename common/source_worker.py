@@ -1,0 +1,263 @@
+"""The source runtime: exactly-once writes of records and source offsets (KIP-618).
+
+Each batch from ``task.poll()`` is written in one Kafka transaction together with
+its dead letters and, on the offset storage topic (compacted, default
+``connect-offsets``), the latest source offset of every source partition in the batch:
+key ``["<connector>",{partition}]``, value the offset, both JSON as Kafka Connect
+writes them. ``transactional.id`` is ``<connector>-<task>``, so starting a task fences
+any older instance (a zombie can no longer commit). On start the offsets are read back
+with ``read_committed``: a task killed mid-transaction resumes from its last
+committed batch, and its partial batch was never visible to ``read_committed`` readers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from common.config import SourceSettings
+from common.connector import ConnectorSpec
+from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
+from common.errors import RetriableError, is_retriable, safe_message
+from common.metrics import TaskMetrics
+from common.records import DeadLetter, SourceRecord
+from common.retry import RetryPolicy
+from common.serde import Serde, make_serde
+from common.sink_worker import TaskFailed
+from common.status import Control, StatusReporter, TaskState
+from common.task import SourceTask
+
+log = logging.getLogger(__name__)
+
+
+def offset_key(connector: str, partition: dict[str, Any]) -> bytes:
+    return json.dumps([connector, partition], separators=(",", ":"), sort_keys=True).encode()
+
+
+def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
+                        timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Latest committed offset per source partition of ``connector``, keyed by the
+    partition's canonical JSON. Reads the offset topic to its end (read_committed:
+    the end is the last stable offset, so open transactions are not waited for)."""
+    consumer = Consumer({**kafka, "group.id": f"offset-reader-{connector}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "enable.partition.eof": True})
+    prefix = json.dumps([connector], separators=(",", ":"))[:-1] + ","
+    offsets: dict[str, dict[str, Any]] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        if metadata.topics[topic].error is not None:
+            raise KafkaException(metadata.topics[topic].error)
+        pending = set()
+        for p in metadata.topics[topic].partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > 0:
+                pending.add(p)
+        consumer.assign([TopicPartition(topic, p, 0) for p in pending])
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise RetriableError(f"reading {topic} timed out")
+            for message in consumer.consume(1000, timeout=0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
+                        continue
+                    raise KafkaException(error)
+                text = (message.key() or b"").decode()
+                if text.startswith(prefix):
+                    partition_json = json.dumps(json.loads(text)[1], separators=(",", ":"), sort_keys=True)
+                    if message.value() is None:
+                        offsets.pop(partition_json, None)
+                    else:
+                        offsets[partition_json] = json.loads(message.value())
+    finally:
+        consumer.close()
+    return offsets
+
+
+class SourceContext:
+    def __init__(self, connector_name: str, task_id: int, offsets: dict[str, dict[str, Any]]) -> None:
+        self.connector_name = connector_name
+        self.task_id = task_id
+        self._offsets = offsets
+
+    def offset(self, partition: dict[str, Any]) -> dict[str, Any] | None:
+        return self._offsets.get(json.dumps(partition, separators=(",", ":"), sort_keys=True))
+
+    def _update(self, latest: dict[str, dict[str, Any]]) -> None:
+        self._offsets.update(latest)
+
+
+class SourceWorker:
+    def __init__(self, spec: ConnectorSpec, settings: SourceSettings, task: SourceTask, status: StatusReporter,
+                 control: Control, serde: Serde | None = None, connector_name: str | None = None,
+                 extra_headers: list[tuple[str, bytes]] | None = None) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.task = task
+        self.status = status
+        self.control = control
+        self.name = connector_name or settings.connector_name or spec.name
+        self.serde = serde or make_serde(settings.schema_registry_url, settings.schema_registry_auto_register)
+        self.metrics = TaskMetrics(self.name, settings.task_id)
+        self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
+        self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
+                                         settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
+        self.kafka = settings.kafka_properties()
+        self.extra_headers = extra_headers or []
+        self.producer = Producer({
+            **self.kafka,
+            "transactional.id": f"{self.name}-{settings.task_id}",
+            "enable.idempotence": True,
+            "transaction.timeout.ms": settings.transaction_timeout_ms,
+            "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        })
+        self.dlq = DeadLetterQueue(self.producer, settings.errors_deadletterqueue_topic_name, self.name,
+                                   settings.task_id, settings.errors_deadletterqueue_context_headers_enable)
+        self._delivery_errors: list[str] = []
+
+    def run(self) -> None:
+        # Fences older instances with the same transactional.id and aborts their open transaction.
+        self.producer.init_transactions(60)
+        offsets = read_source_offsets(self.kafka, self.settings.offset_storage_topic, self.name)
+        context = SourceContext(self.name, self.settings.task_id, offsets)
+        self.task.start(context)
+        self.status.set(TaskState.RUNNING)
+        try:
+            while not self.control.stop_requested.is_set():
+                if self.control.paused.is_set():
+                    self.status.set(TaskState.PAUSED)
+                    self.control.stop_requested.wait(0.2)
+                    continue
+                batch = self._poll()
+                if batch:
+                    self._write(batch, context)
+                elif self.task.done():
+                    break
+            self.status.set(TaskState.STOPPED)
+        finally:
+            self.task.stop()
+
+    def _poll(self) -> Sequence[SourceRecord | DeadLetter]:
+        delays = self.retry.delays()
+        while True:
+            try:
+                batch = self.task.poll()
+                if self.status.trace:
+                    self.status.set(TaskState.RUNNING)
+                return batch
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                self.metrics.retries.inc()
+                self.metrics.last_error.set_to_current_time()
+                delay = next(delays, None)
+                if delay is None:
+                    raise TaskFailed(f"poll still failing after errors.retry.timeout: {safe_message(exc)}") from exc
+                self.status.set(TaskState.RUNNING, trace=f"retrying poll: {type(exc).__name__}: {safe_message(exc)}")
+                log.warning("poll failed, retrying in %.2fs: %s", delay, safe_message(exc),
+                            extra={"error_class": type(exc).__name__, "delay_s": round(delay, 3)})
+                if self.control.stop_requested.wait(delay):
+                    return []
+
+    def _write(self, batch: Sequence[SourceRecord | DeadLetter], context: SourceContext) -> None:
+        latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        written = 0
+        self.producer.begin_transaction()
+        try:
+            for item in batch:
+                if isinstance(item, DeadLetter):
+                    self._dead_letter(item.payload, item.key, item.headers, item.stage, item.error)
+                    continue
+                latest[json.dumps(item.source_partition, separators=(",", ":"), sort_keys=True)] = (
+                    item.source_partition, item.source_offset)
+                if item.value is None:
+                    value = None
+                else:
+                    try:
+                        value = self.serde.encode(item.topic, item.schema, item.value)
+                    except Exception as exc:
+                        if is_retriable(exc):
+                            raise
+                        self._dead_letter(json.dumps(item.value, default=str).encode(),
+                                          item.key.encode() if item.key else None, item.headers,
+                                          "VALUE_CONVERTER", exc)
+                        continue
+                kwargs: dict[str, Any] = {"key": item.key, "value": value, "on_delivery": self._delivered}
+                headers = item.headers + self.extra_headers
+                if headers:
+                    kwargs["headers"] = headers
+                if item.timestamp_ms:
+                    kwargs["timestamp"] = item.timestamp_ms
+                self._produce(item.topic, kwargs)
+                written += 1
+            for partition, offset in latest.values():
+                self._produce(self.settings.offset_storage_topic, {
+                    "key": offset_key(self.name, partition),
+                    "value": json.dumps(offset, separators=(",", ":"), sort_keys=True).encode(),
+                    "on_delivery": self._delivered,
+                })
+            self.producer.commit_transaction(60)
+            if self._delivery_errors:
+                raise RetriableError(f"{len(self._delivery_errors)} records failed delivery")
+        except BaseException as exc:
+            self._delivery_errors.clear()
+            self._abort(batch, exc)
+            raise
+        context._update({k: v for k, (_, v) in latest.items()})
+        self.metrics.source_record_write.inc(written)
+        self.metrics.offset_commit.inc()
+        self.budget.record_valid(written)
+        self.task.on_committed(batch)
+
+    def _produce(self, topic: str, kwargs: dict[str, Any]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                self.producer.poll(0)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.1)
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(str(err))
+
+    def _dead_letter(self, payload: bytes, key: bytes | None, headers: list[tuple[str, bytes]], stage: str,
+                     error: BaseException) -> None:
+        if self.settings.errors_tolerance == "none":
+            raise TaskFailed(f"{stage} failed and errors.tolerance=none: {safe_message(error)}")
+        self.dlq.send(key=key, value=payload, headers=headers, timestamp_ms=None, origin_topic="",
+                      partition=-1, offset=-1, stage=stage, class_name=type(self.task).__qualname__, error=error)
+        self.metrics.record_errors.inc()
+        self.metrics.dlq_produce.inc()
+        log.warning("input sent to the dead-letter queue at %s: %s", stage, safe_message(error),
+                    extra={"error_class": type(error).__name__})
+        try:
+            self.budget.record_invalid()
+        except Exception as exc:
+            raise TaskFailed(f"dead-letter limit exceeded: {exc}") from exc
+
+    def close_on_failure(self) -> None:
+        """After a failure: nothing to commit; pending transactions were aborted."""
+        self.producer.flush(5)
+
+    def _abort(self, batch: Sequence[SourceRecord | DeadLetter], error: BaseException) -> None:
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
+                raise TaskFailed("producer fenced or fatal error: another instance took over") from exc
+        finally:
+            try:
+                self.task.on_aborted(batch, error)
+            except Exception:
+                log.exception("on_aborted failed")

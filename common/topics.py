@@ -1,0 +1,60 @@
+"""`labconnect topics create`: the project's topics, created explicitly as in production
+(brokers run with ``auto.create.topics.enable=false``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+STANDARD_TOPICS = (
+    TopicSpec("lab-results", 6),
+    TopicSpec("lab-reports", 6),
+    TopicSpec("patients", 6, COMPACTED),
+    TopicSpec("notifications", 3),
+    TopicSpec("billing-events", 3),
+    TopicSpec("dead-letter", 1),
+    TopicSpec("connect-offsets", 5, COMPACTED),
+    TopicSpec("connect-status", 1, COMPACTED),
+)
+
+
+def create_topics(bootstrap: str, topics: tuple[TopicSpec, ...] = STANDARD_TOPICS,
+                  replication_factor: int = 1) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=30).topics)
+    wanted = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor, config=t.config)
+              for t in topics if t.name not in existing]
+    if not wanted:
+        return []
+    for name, future in admin.create_topics(wanted).items():
+        future.result(timeout=30)
+    return [t.topic for t in wanted]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="labconnect topics")
+    parser.add_argument("action", choices=["create", "list"])
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--replication-factor", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        for spec in STANDARD_TOPICS:
+            print(f"{spec.name:<16} partitions={spec.partitions} {spec.config or ''}")
+        return 0
+    created = create_topics(args.bootstrap, replication_factor=args.replication_factor)
+    print("created: " + (", ".join(created) if created else "nothing (all exist)"))
+    return 0
