@@ -1,0 +1,5 @@
+"""``python -m common`` is ``labconnect``."""
+
+from common.cli import main
+
+main()

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from common.serde import RegistrySerde, SchemaRepository, SerializationError, SingleObjectSerde, avro_fingerprint
+from tests.support.test_connectors import LAB_RESULT, lab_result
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_fingerprint_matches_the_avro_specification_test_vector() -> None:
+    # Avro's reference implementation: the Rabin fingerprint of "null" is 7195948357588979594.
+    assert int.from_bytes(avro_fingerprint("null"), "little") == 7195948357588979594  # type: ignore[arg-type]
+
+
+def test_single_object_encoding_has_marker_fingerprint_and_body() -> None:
+    serde = SingleObjectSerde()
+    data = serde.encode("lab-results", LAB_RESULT, lab_result(1))
+    assert data[:2] == b"\xc3\x01"
+    assert data[2:10] == serde.repository.fingerprint_of(LAB_RESULT)
+    value, ref = serde.decode(data)
+    assert value["event_id"] == "e1" and ref == f"fp:{data[2:10].hex()}"
+
+
+def test_old_writer_schema_resolves_to_the_current_reader(tmp_path: Path) -> None:
+    current = json.loads((ROOT / "schemas" / "lab_result.avsc").read_text())
+    old = copy.deepcopy(current)
+    old["fields"] = old["fields"][:12]  # the seed event
+    (tmp_path / "lab_result.avsc").write_text(json.dumps(current))
+    (tmp_path / "history").mkdir()
+    (tmp_path / "history" / "lab_result.v1.avsc").write_text(json.dumps(old))
+    serde = SingleObjectSerde(SchemaRepository(tmp_path))
+    import io
+
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(old), lab_result(7))
+    data = b"\xc3\x01" + avro_fingerprint(old) + body.getvalue()
+    value, _ = serde.decode(data, LAB_RESULT)
+    assert value["event_id"] == "e7" and value["accession"] is None and value["metadata"] == {}
+
+
+def test_garbage_is_a_serialization_error_without_contents() -> None:
+    with pytest.raises(SerializationError) as caught:
+        SingleObjectSerde().decode(b"\xc3\x01" + b"\x00" * 8 + b"secret")
+    assert "secret" not in str(caught.value)
+
+
+def test_value_that_does_not_match_the_schema_is_rejected() -> None:
+    bad = lab_result(1)
+    bad["timestamp"] = "not a number"
+    with pytest.raises(SerializationError):
+        SingleObjectSerde().encode("lab-results", LAB_RESULT, bad)
+
+
+def test_registry_wire_format_with_mock_registry() -> None:
+    serde = RegistrySerde("mock://unit")
+    data = serde.encode("lab-results", LAB_RESULT, lab_result(3))
+    assert data[0] == 0
+    value, ref = serde.decode(data, LAB_RESULT)
+    assert value["event_id"] == "e3" and ref.startswith("id:")
+    assert serde.writer_schema(ref)["name"].endswith("LabResult")
