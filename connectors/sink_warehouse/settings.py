@@ -1,0 +1,57 @@
+"""Settings of the warehouse sink (environment variables, see ``common.config``).
+
+When to cut a file is the runtime's job (``FLUSH_MAX_RECORDS``, ``FLUSH_MAX_BYTES``,
+``FLUSH_MAX_AGE_MS``, ``FLUSH_IDLE_MS``): every flush closes every open file, so
+these are the rotation settings. The warehouse adds where and how files are written.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+
+from common.config import SinkSettings
+
+MIB = 1024 * 1024
+
+
+class WarehouseSettings(SinkSettings):
+    """Where the warehouse lives, the file format and the time partitioning."""
+
+    topics: str = Field("lab-results", description="Comma-separated topics to archive")
+    warehouse_url: str = Field(
+        "file://./warehouse", description="s3://bucket/prefix, or file://<dir> (the embedded demo target)"
+    )
+    s3_endpoint_url: str | None = Field(None, description="MinIO/moto/LocalStack endpoint; unset = AWS")
+    s3_region: str | None = None
+    s3_part_size_bytes: int = Field(25 * MIB, ge=5 * MIB, description="multipart upload above this size")
+    s3_max_attempts: int = Field(5, ge=1, description="SDK attempts per request (adaptive retry mode)")
+    s3_sse: Literal["", "AES256", "aws:kms"] = ""
+    s3_sse_kms_key_id: str | None = None
+    warehouse_format: Literal["parquet", "avro", "jsonl"] = "parquet"
+    parquet_compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    parquet_row_group_size: int = Field(131_072, ge=1, description="rows per Parquet row group")
+    warehouse_timestamp_field: str = Field("timestamp", description="value field with the event time (epoch ms)")
+    warehouse_timezone: str = Field("UTC", description="IANA zone of the dt=/hour= partitions")
+    warehouse_include_headers: bool = False
+
+    @field_validator("warehouse_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA time zone") from None
+        return value
+
+    @field_validator("warehouse_url")
+    @classmethod
+    def _supported_url(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not value[len("s3://"):].split("/", 1)[0]:
+                raise ValueError("s3:// URL needs a bucket")
+        elif not value.startswith("file://"):
+            raise ValueError("must start with s3:// or file://")
+        return value
