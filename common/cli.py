@@ -7,24 +7,32 @@ import json
 import sys
 from collections.abc import Sequence
 
-from common.connector import REGISTRY, load_connector
+from common.connector import REGISTRY, ConnectorSpec, load_connector
 from common.errors import ConfigError
 
 EXIT_CONFIG = 2
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def run_spec(spec: ConnectorSpec, print_config: bool = False) -> int:
+    """Load the connector's settings from the environment and run it until stopped."""
     from common.config import load_settings
     from common.logs import configure_logging
     from common.worker import run_connector
 
-    spec = load_connector(args.connector)
-    settings = load_settings(spec.settings)
-    if args.print_config:
+    try:
+        settings = load_settings(spec.settings)
+    except ConfigError as error:
+        print(f"labconnect: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if print_config:
         print(json.dumps(settings.redacted(), indent=2, default=str))
         return 0
-    configure_logging(settings)
+    configure_logging(settings, settings.connector_name or spec.name)
     return run_connector(spec, settings)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return run_spec(load_connector(args.connector), args.print_config)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

@@ -6,10 +6,8 @@ import os
 import signal
 import sys
 
-from common.config import load_settings
-from common.logs import configure_logging
+from common.cli import run_spec
 from common.source_worker import SourceWorker
-from common.worker import run_connector
 from tests.support.test_connectors import COUNTING_SOURCE, RECORDING_SINK
 
 _original_produce = SourceWorker._produce
@@ -28,9 +26,7 @@ SourceWorker._produce = _produce_then_maybe_crash  # type: ignore[method-assign]
 
 def main() -> int:
     spec = {"recording-sink": RECORDING_SINK, "counting-source": COUNTING_SOURCE}[sys.argv[1]]
-    settings = load_settings(spec.settings)
-    configure_logging(settings, spec.name)
-    return run_connector(spec, settings)
+    return run_spec(spec)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,9 @@ def lab_result(n: int, patient: str = "p1") -> dict[str, Any]:
 
 class RecordingSettings(SinkSettings):
     recording_db: str = "recording.db"
+    recording_mode: Literal["idempotent", "transactional"] = Field(
+        "idempotent", description="idempotent: upsert effects; transactional: plain inserts + offsets in the same "
+        "database transaction (a double apply would show as a duplicate row)")
     crash_after_flushes: int = Field(0, description="SIGKILL right after the N-th successful flush")
     poison_value: str = "POISON"
     flush_delay_ms: int = 0
@@ -54,6 +57,15 @@ class RecordingSink(SinkTask):
         self.db.execute("CREATE TABLE IF NOT EXISTS effects (topic TEXT, partition INT, offset INT, event_id TEXT,"
                         " PRIMARY KEY (topic, partition, offset))")
         self.db.execute("CREATE TABLE IF NOT EXISTS deliveries (topic TEXT, partition INT, offset INT, pid INT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS applied (topic TEXT, partition INT, offset INT, event_id TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS offsets (topic TEXT, partition INT, next INT,"
+                        " PRIMARY KEY (topic, partition))")
+
+    def open(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int] | None:
+        if self.settings.recording_mode != "transactional":
+            return None
+        stored = {(t, p): n for t, p, n in self.db.execute("SELECT topic, partition, next FROM offsets")}
+        return {tp: stored[tp] for tp in partitions if tp in stored}
 
     def put(self, records: Sequence[SinkRecord]) -> None:
         for record in records:
@@ -65,7 +77,11 @@ class RecordingSink(SinkTask):
         if self.settings.flush_delay_ms:
             time.sleep(self.settings.flush_delay_ms / 1000)
         rows = [(r.topic, r.partition, r.offset, (r.value or {}).get("event_id")) for r in self.buffer]
-        self.db.execute("BEGIN")
+        self.db.execute("BEGIN IMMEDIATE")
+        if self.settings.recording_mode == "transactional":
+            self.db.executemany("INSERT INTO applied VALUES (?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
+                                [(t, p, n) for (t, p), n in offsets.items()])
         self.db.executemany("INSERT OR REPLACE INTO effects VALUES (?, ?, ?, ?)", rows)
         self.db.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?)",
                             [(t, p, o, os.getpid()) for t, p, o, _ in rows])

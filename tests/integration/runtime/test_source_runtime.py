@@ -1,0 +1,77 @@
+"""The exactly-once source runtime against a real broker, with the task as a real process."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+
+from confluent_kafka import Producer
+
+from common.serde import SingleObjectSerde
+from common.source_worker import offset_key, read_source_offsets
+from tests.integration.runtime.conftest import RuntimeEnv
+from tests.support.kafka_helpers import consume_all, wait_for
+
+
+def _numbers(bootstrap: str, topic: str, read_committed: bool = True, expect: int | None = None) -> list[int]:
+    serde = SingleObjectSerde()
+    messages = consume_all(bootstrap, topic, read_committed=read_committed, expect=expect, timeout=10)
+    return [int(serde.decode(m.value())[0]["event_id"][1:]) for m in messages]
+
+
+def test_source_killed_mid_transaction_shows_no_partial_batch_and_resumes_from_its_offset(
+        runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("counts", partitions=3)
+    name = f"counter-{topic}"
+    env = dict(CONNECTOR_NAME=name, COUNTING_TOPIC=topic, COUNTING_TOTAL=1000, COUNTING_BATCH=100)
+    crashing = runtime.start("counting-source", "first", CRASH_IN_BATCH=3, **env)
+    assert crashing.wait(60) == -signal.SIGKILL
+
+    committed = _numbers(runtime.bootstrap, topic)
+    everything = _numbers(runtime.bootstrap, topic, read_committed=False)
+    assert sorted(committed) == list(range(200)), "only the two committed batches are visible"
+    assert len(everything) > 200, "the third batch reached the broker, uncommitted"
+    stored = read_source_offsets({"bootstrap.servers": runtime.bootstrap}, runtime.offsets, name)
+    assert stored == {json.dumps({"source": "counter"}, separators=(",", ":")): {"n": 199}}
+
+    runtime.start("counting-source", "second", COUNTING_EXIT_WHEN_DONE="1", **env)
+    wait_for(lambda: len(_numbers(runtime.bootstrap, topic, expect=1000)) >= 1000, 60, "all 1000 committed")
+    numbers = _numbers(runtime.bootstrap, topic)
+    assert sorted(numbers) == list(range(1000)), "every number exactly once for read_committed readers"
+    stored = read_source_offsets({"bootstrap.servers": runtime.bootstrap}, runtime.offsets, name)
+    assert list(stored.values()) == [{"n": 999}]
+
+
+def test_offsets_use_kafka_connects_key_and_value_format(runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("counts")
+    name = f"format-{topic}"
+    process = runtime.start("counting-source", "src", CONNECTOR_NAME=name, COUNTING_TOPIC=topic, COUNTING_TOTAL=10,
+                            COUNTING_BATCH=10, COUNTING_EXIT_WHEN_DONE="1")
+    assert process.wait(60) == 0
+    records = consume_all(runtime.bootstrap, runtime.offsets)
+    ours = [m for m in records if m.key() == offset_key(name, {"source": "counter"})]
+    assert ours and ours[-1].key() == f'["{name}",{{"source":"counter"}}]'.encode()
+    assert json.loads(ours[-1].value()) == {"n": 9}
+
+
+def test_a_zombie_instance_is_fenced(runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("counts")
+    name = f"zombie-{topic}"
+    zombie = Producer({"bootstrap.servers": runtime.bootstrap, "transactional.id": f"{name}-0"})
+    zombie.init_transactions(30)
+    zombie.begin_transaction()
+    zombie.produce(topic, value=b"zombie write")
+    zombie.flush(10)
+    # A new instance of the task starts: init_transactions fences the zombie.
+    process = runtime.start("counting-source", "src", CONNECTOR_NAME=name, COUNTING_TOPIC=topic, COUNTING_TOTAL=5,
+                            COUNTING_BATCH=5, COUNTING_EXIT_WHEN_DONE="1")
+    assert process.wait(60) == 0
+    try:
+        zombie.commit_transaction(10)
+        fenced = False
+    except Exception as error:  # KafkaException: producer fenced
+        fenced = "fenced" in str(error).lower() or "epoch" in str(error).lower()
+    assert fenced
+    values = [m.value() for m in consume_all(runtime.bootstrap, topic)]
+    assert b"zombie write" not in values and len(values) == 5
