@@ -9,9 +9,10 @@ Every row carries where it came from (healthcare rule 7, audit trail):
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -41,6 +42,13 @@ class RowLayout:
     schema: pa.Schema
     value_fields: tuple[pa.Field, ...]
     include_headers: bool
+    _row_getter: operator.itemgetter = field(init=False, repr=False, compare=False)  # type: ignore[type-arg]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.value_fields]
+        # itemgetter over all names returns a tuple per row in one C call (a 1-tuple needs a wrapper).
+        getter = operator.itemgetter(*names) if len(names) > 1 else (lambda v: (v[names[0]],) if names else ())
+        object.__setattr__(self, "_row_getter", getter)
 
     @classmethod
     def for_values(cls, value_schema: pa.Schema, include_headers: bool) -> RowLayout:
@@ -53,7 +61,14 @@ class RowLayout:
     def record_batch(self, records: Sequence[SinkRecord]) -> pa.RecordBatch:
         """The rows of ``records`` (all of one topic-partition)."""
         values = [r.value or {} for r in records]
-        arrays = [self._value_column(values, f) for f in self.value_fields]
+        try:
+            # Rows to columns with C-level loops: the hot path.
+            columns: list[Sequence[Any]] = list(zip(*map(self._row_getter, values))) if values else []
+        except KeyError:  # a value without some field (never from an Avro decode): slow path
+            columns = [[v.get(f.name) for v in values] for f in self.value_fields]
+        if not columns:
+            columns = [[] for _ in self.value_fields]
+        arrays = [self._value_column(col, f) for col, f in zip(columns, self.value_fields)]
         first = records[0]
         arrays.append(pa.repeat(pa.scalar(first.topic, pa.string()), len(records)))
         arrays.append(pa.repeat(pa.scalar(first.partition, pa.int32()), len(records)))
@@ -66,9 +81,8 @@ class RowLayout:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     @staticmethod
-    def _value_column(values: list[dict[str, Any]], field: pa.Field) -> pa.Array:
+    def _value_column(column: Sequence[Any], field: pa.Field) -> pa.Array:
         name = field.name
-        column = [v.get(name) for v in values]
         try:
             return pa.array(column, field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
