@@ -1,0 +1,1 @@
+"""Billing sink: LabReport events -> charges, corrections and reversals (see README.md)."""

@@ -1,0 +1,76 @@
+"""The part of a LabReport event that billing needs, with where it came from.
+
+Only identifiers are kept (no patient id, no test name, no results): billing
+rows and error messages must stay free of PHI.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any, NamedTuple
+
+from common.errors import PermanentError
+from common.records import SinkRecord
+
+# FHIR DiagnosticReport.status values that mean "the result is out": the first one bills.
+CHARGING_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
+# Retractions: after a charge they produce a reversal.
+REVERSING_STATUSES = frozenset({"cancelled", "entered-in-error"})
+KNOWN_STATUSES = CHARGING_STATUSES | REVERSING_STATUSES | {"registered", "partial", "preliminary"}
+
+
+class BillKey(NamedTuple):
+    """Bill once per ordered test."""
+
+    source_system: str
+    accession: str
+    test_code: str
+
+
+class BillingEvent(NamedTuple):
+    key: BillKey
+    event_id: str
+    report_status: str
+    version: int
+    event_time: datetime  # when the status changed at the LIS (UTC)
+    source_message_id: str
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def service_date(self) -> date:
+        """The date prices are looked up for (UTC)."""
+        return self.event_time.date()
+
+    @property
+    def is_billing_relevant(self) -> bool:
+        return self.report_status in CHARGING_STATUSES or self.report_status in REVERSING_STATUSES
+
+
+def billing_event(record: SinkRecord) -> BillingEvent:
+    """Extract a BillingEvent; a record that is not a usable LabReport is a PermanentError."""
+    value: dict[str, Any] | None = record.value
+    where = f"{record.topic}/{record.partition}@{record.offset}"
+    if value is None:
+        raise PermanentError(f"record {where} has no value (tombstone); expected a LabReport")
+    try:
+        status = str(value["report_status"]).strip().lower()
+        event = BillingEvent(
+            key=BillKey(str(value["source_system"]), str(value["accession"]), str(value["test_code"])),
+            event_id=str(value["event_id"]),
+            report_status=status,
+            version=int(value.get("version", 1)),
+            event_time=datetime.fromtimestamp(int(value["timestamp"]) / 1000.0, tz=timezone.utc),
+            source_message_id=str(value["source_message_id"]),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        # The exception text could echo a value; name only the field/exception type.
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        raise PermanentError(f"record {where} is not a usable LabReport ({detail})") from None
+    if status not in KNOWN_STATUSES:
+        raise PermanentError(f"record {where} (event {event.event_id}) has an unknown report_status")
+    return event

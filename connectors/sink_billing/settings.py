@@ -1,0 +1,47 @@
+"""Settings of the billing sink (environment variables, see ``common.config``).
+
+The runtime decides when to flush (``FLUSH_MAX_RECORDS`` etc.); every flush is one
+database transaction holding the billing rows and the consumed offsets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from common.config import SinkSettings
+
+EXAMPLE_PRICE_LIST = str(Path(__file__).resolve().parent / "price_list.example.csv")
+
+
+class BillingSettings(SinkSettings):
+    """Where the billing database is, which price list applies and how rows are written."""
+
+    topics: str = Field("lab-reports", description="Comma-separated topics of LabReport events")
+    billing_database_url: str = Field(
+        "sqlite:///billing.db",
+        description="SQLAlchemy URL: postgresql+psycopg://user@host/db in production, sqlite:///file embedded",
+    )
+    billing_price_list: str = Field(EXAMPLE_PRICE_LIST, description="CSV: test_code,price,currency,"
+                                    "effective_from,effective_to (the shipped example by default)")
+    billing_migrate_on_start: bool = Field(True, description="run the Alembic migrations when the task starts")
+    # Measured with bench/billing_db.py; see README.md "Throughput".
+    billing_write_method: Literal["multirow", "copy"] = Field(
+        "multirow", description="PostgreSQL only: multi-row INSERT ... ON CONFLICT, or COPY into a temp table + merge"
+    )
+
+    @field_validator("billing_database_url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            # The value itself may hold a password: never echo it.
+            raise ValueError("not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host/db)") from None
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise ValueError("only postgresql and sqlite databases are supported")
+        return value

@@ -1,0 +1,90 @@
+"""BillingSinkTask: LabReport events into the billing database, exactly once.
+
+``put`` only parses and buffers; ``flush`` hands the buffer and the offsets to
+the ChargeWriter, which commits both in one transaction. ``open`` returns the
+offsets stored there, so after a crash the runtime resumes exactly after the
+last committed flush (the database, not the consumer group, is the truth).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Engine
+
+from common.errors import PermanentError
+from common.records import SinkRecord
+from common.task import SinkTask, SinkTaskContext, TopicPartition
+from connectors.sink_billing.bulk import bulk_upsert
+from connectors.sink_billing.events import BillingEvent, billing_event
+from connectors.sink_billing.price_list import load_price_list
+from connectors.sink_billing.rules import ChargeRules
+from connectors.sink_billing.schema import make_engine, migrate_or_retry, require_current_schema
+from connectors.sink_billing.settings import BillingSettings
+from connectors.sink_billing.writer import ChargeWriter
+
+log = logging.getLogger(__name__)
+
+
+class BillingSinkTask(SinkTask):
+    def __init__(self, settings: BillingSettings, engine: Engine | None = None) -> None:
+        """``engine`` replaces the one built from BILLING_DATABASE_URL (tests)."""
+        self.settings = settings
+        self._engine = engine
+        self._writer: ChargeWriter | None = None
+        self._buffer: list[BillingEvent] = []
+
+    def start(self, context: SinkTaskContext) -> None:
+        super().start(context)
+        prices = load_price_list(self.settings.billing_price_list)
+        engine = self._engine or make_engine(self.settings.billing_database_url)
+        self._engine = engine
+        if self.settings.billing_migrate_on_start:
+            migrate_or_retry(engine)
+        require_current_schema(engine)
+        method = self.settings.billing_write_method if engine.dialect.name == "postgresql" else "multirow"
+        self._writer = ChargeWriter(engine, ChargeRules(prices), bulk_upsert(method))
+        log.info("billing sink started", extra={"prices": len(prices), "dialect": engine.dialect.name,
+                                                "write_method": method})
+
+    @property
+    def writer(self) -> ChargeWriter:
+        if self._writer is None:
+            raise RuntimeError("BillingSinkTask.start() was not called")
+        return self._writer
+
+    def open(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int] | None:
+        stored = self.writer.stored_offsets(partitions)
+        log.info("resuming from stored offsets", extra={"stored": len(stored), "assigned": len(partitions)})
+        return stored or None
+
+    def put(self, records: Sequence[SinkRecord]) -> None:
+        parsed = []
+        for record in records:
+            event = billing_event(record)  # PermanentError: the runtime isolates and DLQs it
+            if event.is_billing_relevant:
+                parsed.append(event)
+        self._buffer.extend(parsed)  # all or nothing per put: a failed put buffers none of its records
+
+    def flush(self, offsets: dict[TopicPartition, int]) -> None:
+        if not self._buffer and not offsets:
+            return
+        outcome = self.writer.write(self._buffer, offsets)
+        log.debug("billing flush committed", extra={"events": len(self._buffer), "charges": len(outcome.charges),
+                                                    "ledger": len(outcome.ledger), "unpriced": len(outcome.unpriced)})
+        self._buffer = []
+
+    def abort(self) -> None:
+        self._buffer = []
+
+    def stop(self) -> None:
+        self._buffer = []
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def make_task(settings: BillingSettings) -> BillingSinkTask:
+    if not isinstance(settings, BillingSettings):
+        raise PermanentError("sink-billing needs BillingSettings")
+    return BillingSinkTask(settings)
