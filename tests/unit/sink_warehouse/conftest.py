@@ -80,16 +80,18 @@ def context() -> FakeContext:
 
 @pytest.fixture
 def make_records(context: FakeContext) -> RecordFactory:
-    """``make_records(offsets, ts=lambda i: ..., schema=..., topic=..., partition=...)``."""
+    """``make_records(offsets, ts=lambda i: ..., schema=..., topic=..., partition=..., extra=...)``;
+    ``extra`` adds fields: a dict, or a function of the offset."""
 
     def make(offsets: range | list[int], *, ts: Callable[[int], int] = lambda i: T0 + i * 1000,
              schema: dict[str, Any] | None = None, topic: str = "lab-results", partition: int = 0,
-             extra: dict[str, Any] | None = None) -> list[SinkRecord]:
+             extra: dict[str, Any] | Callable[[int], dict[str, Any]] | None = None) -> list[SinkRecord]:
         schema = schema or lab_result_schema()
         ref = context.register(schema)
         out = []
         for off in offsets:
-            value = decoded(schema, {**lab_value(off, ts(off)), **(extra or {})})
+            fields = extra(off) if callable(extra) else extra or {}
+            value = decoded(schema, {**lab_value(off, ts(off)), **fields})
             out.append(SinkRecord(topic=topic, partition=partition, offset=off, timestamp_ms=ts(off),
                                   key=value["patient_id"], value=value, raw_key=None, raw_value=None,
                                   headers=[("source", b"LIS1")], schema=ref))
