@@ -49,7 +49,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     if args.connector != "source-lis":
-        print("replay: only source connectors replay; use `labconnect offsets reset` for sinks", file=sys.stderr)
+        print("replay: only source connectors replay (a sink re-reads a topic when its consumer group is reset)", file=sys.stderr)
         return EXIT_CONFIG
     from connectors.source_lis.replay import main as replay_main
 
@@ -72,6 +72,9 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     from common.topics import main as topics_main
 
     return topics_main(list(args.rest))
+
+
+_TOOLS = {"status": _cmd_status, "dlq": _cmd_dlq, "topics": _cmd_topics}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; exits the process with the command's exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Tool commands parse their own options (argparse's REMAINDER drops leading --flags).
+    if arguments and arguments[0] in _TOOLS:
+        args = argparse.Namespace(handler=_TOOLS[arguments[0]], rest=arguments[1:])
+    elif len(arguments) >= 2 and arguments[0] == "replay":
+        args = argparse.Namespace(handler=_cmd_replay, connector=arguments[1], rest=arguments[2:])
+    else:
+        args = parser.parse_args(arguments)
     try:
         code = int(args.handler(args))
     except ConfigError as error:

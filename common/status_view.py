@@ -1,0 +1,66 @@
+"""`labconnect status`: one view of every connector's tasks, read from the compacted
+status topic every task writes its state changes to."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+
+def read_statuses(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    """Latest status value per key (``status-task-<connector>-<task>``)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "labconnect-status-view",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    statuses: dict[str, dict[str, Any]] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        if metadata.topics[topic].error is not None:
+            raise SystemExit(f"status topic {topic} not found (is KAFKA_BOOTSTRAP_SERVERS right?)")
+        partitions = list(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        pending = set(partitions)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
+                    continue
+                key = (message.key() or b"").decode()
+                if message.value() is None:
+                    statuses.pop(key, None)
+                else:
+                    statuses[key] = json.loads(message.value())
+    finally:
+        consumer.close()
+    return statuses
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="labconnect status", description=__doc__)
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--topic", default=os.environ.get("STATUS_TOPIC", "connect-status"))
+    parser.add_argument("--json", action="store_true", help="Kafka Connect's `?expand=status` shape")
+    args = parser.parse_args(argv)
+    statuses = read_statuses(args.bootstrap, args.topic)
+    if args.json:
+        print(json.dumps({v["name"]: {"status": v} for v in statuses.values()}, indent=2))
+        return 0
+    print(f"{'CONNECTOR':<28} {'TYPE':<7} {'TASK':>4} {'STATE':<11} {'SINCE':<20} WORKER / TRACE")
+    failed = 0
+    for value in sorted(statuses.values(), key=lambda v: (v["name"], v["tasks"][0]["id"])):
+        for task in value["tasks"]:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value.get("updated", 0) / 1000))
+            print(f"{value['name']:<28} {value['type']:<7} {task['id']:>4} {task['state']:<11} {since:<20} "
+                  f"{task['worker_id']}")
+            if task.get("trace"):
+                print(f"{'':<74}{task['trace']}")
+            failed += task["state"] == "FAILED"
+    if not statuses:
+        print("(no connector has reported yet)")
+    return 1 if failed else 0

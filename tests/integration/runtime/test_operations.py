@@ -1,0 +1,63 @@
+"""Operator tools against the real broker: the status view and the DLQ re-drive."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+from confluent_kafka import Producer
+
+from common.dlq import HEADER_PREFIX, DeadLetterQueue
+from common.status_view import read_statuses
+from tests.integration.runtime.conftest import RuntimeEnv
+from tests.support.kafka_helpers import ROOT, consume_all, wait_for
+
+
+def _labconnect(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "common", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_status_shows_every_running_connector(runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("results")
+    for task in (0, 1):
+        runtime.start("recording-sink", f"sink{task}", TOPICS=topic, CONNECTOR_NAME=f"view-{topic}", TASK_ID=task,
+                      RECORDING_DB=runtime.tmp / "db.sqlite")
+    runtime.start("counting-source", "source", CONNECTOR_NAME=f"source-{topic}", COUNTING_TOPIC=topic,
+                  COUNTING_TOTAL=10)
+
+    def running() -> int:
+        statuses = read_statuses(runtime.bootstrap, runtime.status).values()
+        return sum(task["state"] == "RUNNING" for value in statuses for task in value["tasks"])
+
+    wait_for(lambda: running() == 3, 90, "three RUNNING tasks in the status topic", interval=1)
+    view = _labconnect("status", "--bootstrap", runtime.bootstrap, "--topic", runtime.status).stdout
+    assert view.count(" RUNNING ") == 3
+    assert f"view-{topic}" in view and f"source-{topic}" in view
+
+
+def test_dead_letters_are_shown_and_redriven_once(runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    target = make_topic("redriven")
+    producer = Producer({"bootstrap.servers": runtime.bootstrap})
+    dlq = DeadLetterQueue(producer, runtime.dlq, "sink-billing", 0)
+    for n in range(3):
+        dlq.send(key=f"k{n}".encode(), value=bytes([0, n, 255]), headers=[("trace", b"t")], timestamp_ms=1_700_000_000_000,
+                 origin_topic="lab-reports", partition=0, offset=n, stage="TASK_PUT", class_name="X",
+                 error=ValueError("email jane@example.org rejected"))
+    dlq.flush()
+
+    shown = _labconnect("dlq", "show", "--bootstrap", runtime.bootstrap, "--topic", runtime.dlq)
+    assert shown.returncode == 0 and "lab-reports[0]@2" in shown.stdout
+    assert "jane@example.org" not in shown.stdout
+
+    group = f"redrive-{target}"
+    for _ in range(2):  # the second run finds nothing new
+        result = _labconnect("dlq", "redrive", "--bootstrap", runtime.bootstrap, "--topic", runtime.dlq,
+                             "--to", target, "--group", group)
+        assert result.returncode == 0, result.stderr
+    redriven = consume_all(runtime.bootstrap, target, expect=3)
+    assert [m.value() for m in redriven] == [bytes([0, n, 255]) for n in range(3)]
+    headers = dict(redriven[0].headers())
+    assert headers["trace"] == b"t" and not any(k.startswith(HEADER_PREFIX) for k in headers)
+    assert redriven[0].timestamp()[1] == 1_700_000_000_000
