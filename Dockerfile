@@ -1,0 +1,30 @@
+# One image for all four connectors: `docker run labconnect run sink-billing`.
+# Configuration is by environment variables only (see README).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY connectors ./connectors
+RUN python -m venv /opt/labconnect \
+ && /opt/labconnect/bin/pip install --upgrade pip \
+ && /opt/labconnect/bin/pip install . \
+ && find /opt/labconnect -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM python:3.11-slim
+# Only the virtualenv and the schemas: no compilers, no pip cache, no sources.
+COPY --from=build /opt/labconnect /opt/labconnect
+COPY schemas /opt/labconnect/schemas
+RUN useradd --system --uid 10001 --home-dir /var/lib/labconnect --create-home labconnect
+ENV PATH=/opt/labconnect/bin:$PATH \
+    LABCONNECT_SCHEMAS_DIR=/opt/labconnect/schemas \
+    PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
+    STATUS_PORT=8083
+USER labconnect
+WORKDIR /var/lib/labconnect
+EXPOSE 8083
+HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8083/health').status==200 else 1)"
+ENTRYPOINT ["labconnect"]
+CMD ["run", "source-lis"]
