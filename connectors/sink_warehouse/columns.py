@@ -81,18 +81,18 @@ class RowLayout:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     @staticmethod
-    def _value_column(column: Sequence[Any], field: pa.Field) -> pa.Array:
-        name = field.name
+    def _value_column(column: Sequence[Any], arrow_field: pa.Field) -> pa.Array:
+        name = arrow_field.name
         try:
-            return pa.array(column, field.type)
+            return pa.array(column, arrow_field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             pass
         # Rare shapes (uuid.UUID from the uuid logical type) take the slow path;
         # the error names the field, never the values (no PHI in messages).
         try:
-            return pa.array([_plain(x) for x in column], field.type)
+            return pa.array([_plain(x) for x in column], arrow_field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            raise SchemaMappingError(f"values of field {name} do not match its schema type {field.type}") from None
+            raise SchemaMappingError(f"values of field {name} do not match its type {arrow_field.type}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -4,20 +4,32 @@ from tests/conftest.py). Record helpers are shared with the unit tests."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-# Load the unit tests' record helpers under another name (both files are "conftest").
-_spec = importlib.util.spec_from_file_location(
-    "warehouse_unit_helpers", Path(__file__).resolve().parents[2] / "unit" / "sink_warehouse" / "conftest.py")
-assert _spec and _spec.loader
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+# The record helpers live beside the unit tests; load them by path when the unit
+# folder is not on sys.path (running only the integration tests).
+if "warehouse_records" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location(
+        "warehouse_records", Path(__file__).resolve().parents[2] / "unit" / "sink_warehouse" / "warehouse_records.py")
+    assert _spec and _spec.loader
+    sys.modules["warehouse_records"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["warehouse_records"])
 
-context = helpers.context
-make_records = helpers.make_records
+from warehouse_records import FakeContext, RecordFactory, records_factory  # noqa: E402
+
+
+@pytest.fixture
+def context() -> FakeContext:
+    return FakeContext()
+
+
+@pytest.fixture
+def make_records(context: FakeContext) -> RecordFactory:
+    return records_factory(context)
 
 
 @pytest.fixture

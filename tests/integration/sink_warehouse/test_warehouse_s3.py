@@ -17,9 +17,8 @@ import pytest
 from common.errors import RetriableError
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.task import WarehouseSinkTask
+import warehouse_records as helpers
 from warehouse_fault_proxy import FaultProxy
-
-from conftest import helpers
 
 HOUR_MS, T0 = helpers.HOUR_MS, helpers.T0
 MIB = 1024 * 1024

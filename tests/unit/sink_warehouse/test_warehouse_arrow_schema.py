@@ -8,7 +8,7 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from conftest import lab_result_schema
+from warehouse_records import lab_result_schema
 from connectors.sink_warehouse.arrow_schema import SchemaMappingError, avro_to_arrow, evolution_conflicts
 
 RICH: dict[str, Any] = {

@@ -8,7 +8,7 @@ import fastavro
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import RecordFactory, FakeContext, T0
+from warehouse_records import RecordFactory, FakeContext, T0
 from connectors.sink_warehouse.formats import AvroFormat, JsonLinesFormat, ParquetFormat
 
 KAFKA_COLUMNS = ["_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", "_kafka_key"]

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from common.errors import PermanentError, RetriableError
-from conftest import HOUR_MS, T0, FakeContext, RecordFactory, lab_result_schema, with_extra_field
+from warehouse_records import HOUR_MS, T0, FakeContext, RecordFactory, lab_result_schema, with_extra_field
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.storage import LocalStorage
 from connectors.sink_warehouse.task import WarehouseSinkTask
