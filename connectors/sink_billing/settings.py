@@ -31,7 +31,7 @@ class BillingSettings(SinkSettings):
     billing_migrate_on_start: bool = Field(True, description="run the Alembic migrations when the task starts")
     # Measured with bench/billing_db.py; see README.md "Throughput".
     billing_write_method: Literal["multirow", "copy"] = Field(
-        "multirow", description="PostgreSQL only: multi-row INSERT ... ON CONFLICT, or COPY into a temp table + merge"
+        "copy", description="PostgreSQL only: multi-row INSERT ... ON CONFLICT, or COPY into a temp table + merge"
     )
 
     @field_validator("billing_database_url")
