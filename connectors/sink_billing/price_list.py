@@ -77,7 +77,10 @@ def parse_price_rows(rows: Iterable[dict[str, str]]) -> PriceList:
                 raise ValueError("empty test_code")
             if len(currency) != 3 or not currency.isalpha():
                 raise ValueError("currency must be a 3-letter ISO 4217 code")
-            amount = Decimal((row.get("price") or "").strip())
+            try:
+                amount = Decimal((row.get("price") or "").strip())
+            except InvalidOperation:
+                raise ValueError("price must be a non-negative number") from None
             if not amount.is_finite() or amount < 0:
                 raise ValueError("price must be a non-negative number")
             start = date.fromisoformat((row.get("effective_from") or "").strip())
@@ -85,7 +88,7 @@ def parse_price_rows(rows: Iterable[dict[str, str]]) -> PriceList:
             end = date.fromisoformat(end_text) if end_text else None
             if end is not None and end < start:
                 raise ValueError("effective_to is before effective_from")
-        except (ValueError, InvalidOperation) as exc:
+        except ValueError as exc:
             raise ValueError(f"line {line}: {exc}") from None
         prices.append(Price(code, amount, currency, start, end))
     return PriceList(prices)

@@ -1,0 +1,115 @@
+"""The table in connectors/sink_billing/rules.py, row by row."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from connectors.sink_billing.events import BillingEvent, billing_event
+from connectors.sink_billing.price_list import load_price_list
+from connectors.sink_billing.rules import ChargeRules, ChargeState, fold_batch
+from connectors.sink_billing.settings import EXAMPLE_PRICE_LIST
+from tests.unit.sink_billing.billing_records import GLUCOSE, UNPRICED, ReportStream
+
+RULES = ChargeRules(load_price_list(EXAMPLE_PRICE_LIST))
+
+
+def event(stream: ReportStream, status: str, **kwargs: object) -> BillingEvent:
+    return billing_event(stream.report(status, **kwargs))  # type: ignore[arg-type]
+
+
+def charged(stream: ReportStream, version: int = 1) -> ChargeState:
+    outcome = RULES.apply(None, event(stream, "final", version=version))
+    assert outcome.state is not None
+    return outcome.state
+
+
+@pytest.mark.parametrize("status", ["final", "amended", "corrected", "appended"])
+def test_first_final_like_status_charges_the_price_on_the_service_date(status: str) -> None:
+    outcome = RULES.apply(None, event(ReportStream(), status))
+    assert outcome.ledger is not None and outcome.ledger.entry_type == "charge"
+    assert (outcome.ledger.amount, outcome.ledger.currency) == (Decimal("9.00"), "USD")
+    assert outcome.state is not None and outcome.state.status == "charged" and outcome.unpriced is None
+
+
+def test_price_follows_the_service_date_not_the_processing_date() -> None:
+    outcome = RULES.apply(None, event(ReportStream(), "final", timestamp_ms=1_735_689_600_000))  # 2025-01-01
+    assert outcome.ledger is not None and outcome.ledger.amount == Decimal("8.50")
+
+
+@pytest.mark.parametrize("status", ["registered", "partial", "preliminary"])
+def test_results_that_are_not_out_yet_do_nothing(status: str) -> None:
+    stream = ReportStream()
+    assert RULES.apply(None, event(stream, status)).state is None
+    assert RULES.apply(charged(stream), event(stream, status, version=5)) == RULES.apply(None, event(stream, status))
+
+
+def test_newer_correction_is_not_a_new_charge_but_moves_the_latest_version() -> None:
+    stream = ReportStream()
+    state = charged(stream, version=1)
+    outcome = RULES.apply(state, event(stream, "corrected", version=2))
+    assert outcome.ledger is not None and outcome.ledger.entry_type == "correction"
+    assert outcome.ledger.amount == 0
+    assert outcome.state is not None and outcome.state.latest_version == 2
+    assert outcome.state.amount == state.amount and outcome.state.charge_event_id == state.charge_event_id
+
+
+@pytest.mark.parametrize("version", [1, 0])
+def test_duplicate_or_stale_final_after_charge_does_nothing(version: int) -> None:
+    stream = ReportStream()
+    outcome = RULES.apply(charged(stream, version=1), event(stream, "final", version=version))
+    assert outcome.state is None and outcome.ledger is None and outcome.unpriced is None
+
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error"])
+def test_retraction_after_charge_reverses_with_the_negative_charged_amount(status: str) -> None:
+    stream = ReportStream()
+    outcome = RULES.apply(charged(stream), event(stream, status, version=2))
+    assert outcome.ledger is not None and outcome.ledger.entry_type == "reversal"
+    assert outcome.ledger.amount == Decimal("-9.00")
+    assert outcome.state is not None and outcome.state.status == "reversed"
+
+
+def test_retraction_without_a_charge_does_nothing() -> None:
+    outcome = RULES.apply(None, event(ReportStream(), "cancelled"))
+    assert outcome.state is None and outcome.ledger is None and outcome.unpriced is None
+
+
+@pytest.mark.parametrize("status", ["final", "corrected", "cancelled", "entered-in-error"])
+def test_a_reversal_is_final(status: str) -> None:
+    stream = ReportStream()
+    reversed_state = RULES.apply(charged(stream), event(stream, "cancelled", version=2)).state
+    outcome = RULES.apply(reversed_state, event(stream, status, version=3))
+    assert outcome.state is None and outcome.ledger is None
+
+
+def test_test_not_on_price_list_is_recorded_as_unpriced_not_dropped() -> None:
+    outcome = RULES.apply(None, event(ReportStream(), "final", test_code=UNPRICED))
+    assert outcome.state is None and outcome.ledger is None
+    assert outcome.unpriced is not None and outcome.unpriced.reason == "not_on_price_list"
+
+
+def test_test_without_a_price_on_the_service_date_is_unpriced() -> None:
+    outcome = RULES.apply(None, event(ReportStream(), "final", timestamp_ms=946_684_800_000))  # 2000-01-01
+    assert outcome.unpriced is not None and outcome.unpriced.reason == "no_price_on_service_date"
+
+
+def test_fold_applies_a_whole_life_in_one_batch_and_skips_repeated_event_ids() -> None:
+    stream = ReportStream()
+    events = [event(stream, "preliminary", version=1), event(stream, "final", version=2),
+              event(stream, "final", version=2), event(stream, "corrected", version=3),
+              event(stream, "cancelled", version=4), event(stream, "final", test_code=UNPRICED)]
+    outcome = fold_batch(RULES, {}, events)
+    assert [e.entry_type for e in outcome.ledger] == ["charge", "correction", "reversal"]
+    assert sum(e.amount for e in outcome.ledger) == 0
+    assert [u.event.key.test_code for u in outcome.unpriced] == [UNPRICED]
+    (state,) = outcome.charges.values()
+    assert state.status == "reversed" and state.latest_version == 4 and state.key.test_code == GLUCOSE
+
+
+def test_fold_reports_only_changed_charges() -> None:
+    stream = ReportStream()
+    stored = charged(stream, version=2)
+    outcome = fold_batch(RULES, {stored.key: stored}, [event(stream, "final", version=2)])
+    assert outcome.charges == {} and outcome.ledger == []
