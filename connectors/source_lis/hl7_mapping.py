@@ -1,0 +1,134 @@
+"""An parsed ORU^R01 (:class:`OruMessage`) -> LabResult/LabReport/PatientContact records.
+
+Each OBR group is one report: a LabReport event for its OBR-25 status, and one
+LabResult per OBX. HL7 has no version numbers, so the event ids cover the status
+and the status-change time (OBR-22, else MSH-7): a re-sent message maps to the
+same ids, a correction to new ones. Content the events cannot carry (an unknown
+status code, no patient id of the configured type, no accession) raises
+:class:`Hl7ContentError`: the message goes to the DLQ and is answered AE.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from common.errors import PermanentError
+from common.records import SourceRecord
+from connectors.source_lis import events
+from connectors.source_lis.hl7_parser import Hl7Patient, OruMessage, parse_ts
+
+
+class Hl7ContentError(PermanentError):
+    """A well-formed ORU^R01 whose content cannot be mapped (answer AE; message names MSH-10 only)."""
+
+
+class Hl7Mapper:
+    def __init__(self, *, source: str, results_topic: str, reports_topic: str, patients_topic: str,
+                 patient_id_type: str, patient_id_system: str | None, time_zone: str = "UTC",
+                 contact_cache_size: int = 100_000) -> None:
+        self.source = source
+        self.results_topic = results_topic
+        self.reports_topic = reports_topic
+        self.patients_topic = patients_topic
+        self.patient_id_type = patient_id_type
+        self.patient_id_system = patient_id_system
+        self.zone = ZoneInfo(time_zone)
+        self._contacts: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._contact_cache_size = contact_cache_size
+
+    def reset(self) -> None:
+        """Forget which contacts were sent (after an aborted batch they must be sent again)."""
+        self._contacts.clear()
+
+    def patient_id(self, patient: Hl7Patient) -> str | None:
+        """PID-3 chosen by assigning authority (if configured) or identifier type, never by position."""
+        for ident in patient.identifiers:
+            if not ident.value:
+                continue
+            if self.patient_id_system is not None:
+                if self.patient_id_system in (ident.authority, ident.authority_id):
+                    return ident.value
+            elif ident.type_code == self.patient_id_type:
+                return ident.value
+        return None
+
+    def map(self, msg: OruMessage, partition: dict[str, Any], offset: dict[str, Any],
+            headers: list[tuple[str, bytes]]) -> list[SourceRecord]:
+        where = f"message {msg.control_id}"
+        patient_id = self.patient_id(msg.patient)
+        if not patient_id:
+            raise Hl7ContentError(f"{where}: no PID-3 identifier of the configured type/authority")
+        message_ms = parse_ts(msg.message_time, self.zone)
+        records: list[SourceRecord] = []
+        contact = self._contact(msg.patient, patient_id, message_ms or 0, partition, offset, headers)
+        if contact is not None:
+            records.append(contact)
+        source = self.source
+        for index, order in enumerate(msg.orders, 1):
+            accession = order.filler
+            if not accession:
+                raise Hl7ContentError(f"{where}: OBR {index} has no filler order number (OBR-3)")
+            status = events.HL7_REPORT_STATUS.get(order.status)
+            if status is None:
+                raise Hl7ContentError(f"{where}: OBR {index} has an unsupported result status (OBR-25)")
+            changed_text = order.status_changed or msg.message_time
+            changed = parse_ts(changed_text, self.zone) or message_ms
+            if changed is None:
+                raise Hl7ContentError(f"{where}: OBR {index} has no usable OBR-22 or MSH-7 time")
+            observed = parse_ts(order.observed, self.zone)
+            critical = False
+            for obs in order.observations:
+                obs_status = events.HL7_RESULT_STATUS.get(obs.status)
+                if obs_status is None:
+                    raise Hl7ContentError(f"{where}: OBX {obs.set_id} has an unsupported result status (OBX-11)")
+                if not obs.code:
+                    raise Hl7ContentError(f"{where}: OBX {obs.set_id} has no observation id (OBX-3)")
+                if obs.flag in events.CRITICAL_FLAGS:
+                    critical = True
+                metadata = {"value_type": obs.value_type}
+                if obs.notes:
+                    metadata["note"] = "\n".join(obs.notes)
+                value = events.result_event(
+                    event_id=events.result_event_id(source, accession, obs.code, obs.sub_id,
+                                                    f"{obs.status}@{changed_text}"),
+                    status=obs_status, timestamp=changed, version=events.STATUS_RANK[obs_status],
+                    patient_id=patient_id, code=obs.code, name=obs.name or obs.code, value=obs.value,
+                    unit=obs.unit, reference_range=obs.reference_range, metadata=metadata, accession=accession,
+                    loinc=obs.code if obs.coding_system == "LN" else None, flag=obs.flag, raw_status=obs.status,
+                    report_status=status, observed=parse_ts(obs.observed, self.zone) or observed, source=source,
+                    message_id=msg.control_id,
+                )
+                records.append(SourceRecord(self.results_topic, patient_id, value, events.RESULT_SCHEMA, partition,
+                                            offset, headers))
+            report = events.report_event(
+                event_id=events.report_event_id(source, accession, status, f"{order.status}@{changed_text}"),
+                status=status, timestamp=changed, version=events.STATUS_RANK[status], patient_id=patient_id,
+                accession=accession, code=order.code, name=order.name or order.code,
+                result_count=len(order.observations), critical=critical, ordering_provider=order.ordering_provider,
+                observed=observed, source=source, message_id=msg.control_id,
+                metadata={"note": "\n".join(order.notes)} if order.notes else {},
+            )
+            records.append(SourceRecord(self.reports_topic, patient_id, report, events.REPORT_SCHEMA, partition,
+                                        offset, headers))
+        return records
+
+    def _contact(self, patient: Hl7Patient, patient_id: str, timestamp: int, partition: dict[str, Any],
+                 offset: dict[str, Any], headers: list[tuple[str, bytes]]) -> SourceRecord | None:
+        mobile = next((p[0] for p in patient.phones if p[2] == "CP"), None)
+        phone = mobile or (patient.phones[0][0] if patient.phones else None)
+        email = patient.emails[0] if patient.emails else None
+        details = (phone, email, patient.sms_consent, patient.email_consent, patient.time_zone, patient.language)
+        # HL7 has no patient version: send a contact only when it changed (the topic is compacted anyway).
+        if self._contacts.get(patient_id) == details:
+            return None
+        self._contacts[patient_id] = details
+        self._contacts.move_to_end(patient_id)
+        if len(self._contacts) > self._contact_cache_size:
+            self._contacts.popitem(last=False)
+        value = events.patient_event(patient_id=patient_id, timestamp=timestamp, phone=phone, email=email,
+                                     sms_consent=patient.sms_consent, email_consent=patient.email_consent,
+                                     time_zone=patient.time_zone or "UTC", language=patient.language or "en",
+                                     source=self.source)
+        return SourceRecord(self.patients_topic, patient_id, value, events.PATIENT_SCHEMA, partition, offset, headers)

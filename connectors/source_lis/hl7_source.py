@@ -1,0 +1,275 @@
+"""HL7 v2 mode of the task: MLLP messages in, ACKs out after the Kafka commit.
+
+De-duplication of re-sent messages by (MSH-3, MSH-4, MSH-10): each sender is its
+own source partition ``{"lis": <name>, "sender": "<MSH-3>|<MSH-4>"}`` whose offset
+holds that sender's most recent ``HL7_DEDUP_WINDOW`` control ids. The offset is
+committed in the same transaction as the message's records, so the seen set is
+exactly what Kafka holds: it survives restarts, and a message whose batch was
+aborted is not marked seen. A re-send of a message still in flight waits for the
+original's commit and gets the same ACK. A re-send older than the window is
+processed again and produces the same event ids, which the sinks skip.
+
+Replay mode reads the archive instead of listening (partition
+``{"lis": <name>, "archive": "hl7"}``, offset = file and byte position).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import PermanentError
+from common.records import DeadLetter, SourceRecord
+from connectors.source_lis.archive import ArchiveReader, ArchiveWriter
+from connectors.source_lis.hl7_mapping import Hl7ContentError, Hl7Mapper
+from connectors.source_lis.hl7_parser import Header, Hl7Error, build_ack, parse_oru, read_header
+from connectors.source_lis.mllp_server import InboundMessage, MllpServer
+from connectors.source_lis.settings import LisSettings
+from connectors.source_lis.window import ReplayWindow
+
+log = logging.getLogger(__name__)
+Record = SourceRecord | DeadLetter
+
+
+class _SenderIds:
+    """The recent control ids of one sender (bounded), as committed plus this batch's."""
+
+    def __init__(self, ids: list[str], size: int) -> None:
+        self.ids: deque[str] = deque(ids, maxlen=size)
+        self.set = set(self.ids)
+        self.committed = list(self.ids)
+
+    def add(self, control_id: str) -> None:
+        if len(self.ids) == self.ids.maxlen:
+            self.set.discard(self.ids[0])
+        self.ids.append(control_id)
+        self.set.add(control_id)
+
+    def commit(self) -> None:
+        self.committed = list(self.ids)
+
+    def rollback(self) -> None:
+        self.ids = deque(self.committed, maxlen=self.ids.maxlen)
+        self.set = set(self.ids)
+
+
+@dataclass
+class _Pending:
+    """What to answer once the batch is committed (or aborted)."""
+
+    inbound: InboundMessage | None
+    header: Header | None
+    code: str  # AA, AE or AR, after the commit
+    text: str = ""
+    key: tuple[str, str, str] | None = None
+    waiters: list[InboundMessage] = field(default_factory=list)
+
+
+class Hl7Source:
+    def __init__(self, settings: LisSettings, mapper_kwargs: dict[str, Any], replay: ReplayWindow | None,
+                 headers: list[tuple[str, bytes]]) -> None:
+        self.settings = settings
+        self.replay = replay
+        self.headers = headers
+        self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, **mapper_kwargs)
+        self.topic_filter = mapper_kwargs.get("topic_filter")
+        self.inbox: queue.Queue[InboundMessage] = queue.Queue()
+        self.server: MllpServer | None = None
+        self.archive: ArchiveWriter | None = None
+        self._context_offset: Any = None
+        self._senders: dict[str, _SenderIds] = {}
+        self._inflight: dict[tuple[str, str, str], _Pending] = {}
+        self._batches: dict[int, tuple[Sequence[Record], list[_Pending], list[_SenderIds]]] = {}
+        self._reader: ArchiveReader | None = None
+        self._replay_iter: Any = None
+        self._replay_partition = {"lis": settings.lis_name, "archive": "hl7"}
+        self._replay_done = False
+        self._replay_total = 1
+        self._replay_read = 0
+        self.mllp_port: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self, offset_of: Any) -> None:
+        self._context_offset = offset_of
+        if self.replay is not None:
+            if not self.settings.hl7_archive_dir:
+                raise PermanentError("HL7 replay needs HL7_ARCHIVE_DIR (the archive is the HL7 history)")
+            self._reader = ArchiveReader(self.settings.hl7_archive_dir, self.replay.since_ms, self.replay.until_ms)
+            start = offset_of(self._replay_partition) or {}
+            self._replay_total = max(1, self._reader.total_bytes())
+            self._replay_read = int(start.get("read", 0))
+            self._replay_iter = self._reader.read(start.get("file"), int(start.get("pos", 0)))
+            return
+        if self.settings.hl7_archive_dir:
+            self.archive = ArchiveWriter(self.settings.hl7_archive_dir)
+        self.server = MllpServer(self.settings.mllp_host, self.settings.mllp_port, self.inbox.put)
+        self.server.start()
+        self.mllp_port = self.server.port
+        log.info("MLLP listener on %s:%s", self.settings.mllp_host, self.server.port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.archive is not None:
+            self.archive.close()
+
+    def done(self) -> bool:
+        return self._replay_done
+
+    def progress(self) -> float | None:
+        if self.replay is None:
+            return None
+        return 1.0 if self._replay_done else min(1.0, self._replay_read / self._replay_total)
+
+    # -- live ------------------------------------------------------------------------------------------
+    def poll(self) -> Sequence[Record]:
+        if self.replay is not None:
+            return self._poll_archive()
+        try:
+            first = self.inbox.get(timeout=0.5)
+        except queue.Empty:
+            return []
+        inbound = [first]
+        while len(inbound) < self.settings.hl7_max_batch:
+            try:
+                inbound.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        if self.archive is not None:
+            for message in inbound:
+                self.archive.append(message.raw, message.received_ms)
+            self.archive.sync()  # the history is on disk before anything is acknowledged
+        batch: list[Record] = []
+        pending: list[_Pending] = []
+        touched: dict[str, tuple[_SenderIds, dict[str, Any]]] = {}
+        for message in inbound:
+            self._process(message.raw, message, batch, pending, touched)
+        for ids, offset in touched.values():
+            offset["recent"] = list(ids.ids)  # records share this dict: it is final before the commit
+        if not batch:
+            self._answer(pending, committed=True)
+            return batch
+        self._batches[id(batch)] = (batch, pending, [ids for ids, _ in touched.values()])
+        return batch
+
+    def _process(self, raw: bytes, inbound: InboundMessage | None, batch: list[Record], pending: list[_Pending],
+                 touched: dict[str, tuple[_SenderIds, dict[str, Any]]]) -> None:
+        header: Header | None = None
+        try:
+            text = raw.decode(self.settings.hl7_encoding)
+            header = read_header(text)
+            message = parse_oru(text)
+        except (UnicodeDecodeError, Hl7Error) as exc:
+            error = exc if isinstance(exc, Hl7Error) else Hl7Error(
+                f"message {header.control_id if header else '?'}: not valid {self.settings.hl7_encoding}")
+            batch.append(self._dead_letter(raw, header, error))
+            pending.append(_Pending(inbound, header, "AR", "unsupported or malformed message"))
+            return
+        key = (message.sending_app, message.sending_facility, message.control_id)
+        ids = self._sender_ids(message.sender)
+        if key in self._inflight:  # re-sent while the original is not committed yet
+            if inbound is not None:
+                self._inflight[key].waiters.append(inbound)
+            return
+        if message.control_id in ids.set:  # already committed: acknowledge again, write nothing
+            pending.append(_Pending(inbound, header, "AA"))
+            return
+        partition = {"lis": self.settings.lis_name, "sender": message.sender}
+        if message.sender not in touched:
+            touched[message.sender] = (ids, {"recent": []})
+        offset = touched[message.sender][1]
+        try:
+            records = self.mapper.map(message, partition, offset, self.headers)
+        except Hl7ContentError as exc:
+            batch.append(self._dead_letter(raw, header, exc))
+            pending.append(_Pending(inbound, header, "AE", "message could not be processed"))
+            return
+        if self.topic_filter is not None:
+            records = [r for r in records if self.topic_filter(r.topic)]
+        ids.add(message.control_id)
+        item = _Pending(inbound, header, "AA", key=key)
+        self._inflight[key] = item
+        pending.append(item)
+        batch.extend(records)
+
+    def _sender_ids(self, sender: str) -> _SenderIds:
+        ids = self._senders.get(sender)
+        if ids is None:
+            offset = self._context_offset({"lis": self.settings.lis_name, "sender": sender}) or {}
+            ids = _SenderIds([str(i) for i in offset.get("recent", [])], self.settings.hl7_dedup_window)
+            self._senders[sender] = ids
+        return ids
+
+    def _dead_letter(self, raw: bytes, header: Header | None, error: BaseException) -> DeadLetter:
+        control_id = header.control_id.encode() if header and header.control_id else None
+        headers = list(self.headers)
+        if control_id:
+            headers.append(("lis.message_id", control_id))
+        return DeadLetter(payload=raw, error=error, key=control_id, headers=headers)
+
+    # -- ACKs ------------------------------------------------------------------------------------------
+    def on_committed(self, batch: Sequence[Record]) -> None:
+        entry = self._batches.pop(id(batch), None)
+        if entry is None:
+            return
+        _, pending, senders = entry
+        for ids in senders:
+            ids.commit()
+        self._answer(pending, committed=True)
+
+    def on_aborted(self, batch: Sequence[Record], error: BaseException) -> None:
+        entry = self._batches.pop(id(batch), None)
+        if entry is None:
+            return
+        _, pending, senders = entry
+        for ids in senders:
+            ids.rollback()
+        self.mapper.reset()
+        self._answer(pending, committed=False)
+
+    def _answer(self, pending: list[_Pending], committed: bool) -> None:
+        for item in pending:
+            if item.key is not None:
+                self._inflight.pop(item.key, None)
+            code, text = (item.code, item.text) if committed else ("AE", "not stored, send again")
+            ack = build_ack(item.header, code, text).encode(self.settings.hl7_encoding, "replace")
+            for inbound in ([item.inbound] if item.inbound else []) + item.waiters:
+                inbound.reply(ack)
+
+    # -- replay ----------------------------------------------------------------------------------------
+    def _poll_archive(self) -> Sequence[Record]:
+        batch: list[Record] = []
+        pending: list[_Pending] = []
+        touched: dict[str, tuple[_SenderIds, dict[str, Any]]] = {}
+        offset: dict[str, Any] = {}
+        last = None
+        count = 0
+        for archived in self._replay_iter:
+            self._replay_read += len(archived.raw) + 32
+            before = len(batch)
+            self._process(archived.raw, None, batch, pending, touched)
+            # Every record of the batch carries the archive position after the batch (filled in below).
+            batch[before:] = [r if isinstance(r, DeadLetter) else _rebase(r, self._replay_partition, offset)
+                              for r in batch[before:]]
+            last = archived
+            count += 1
+            if count >= self.settings.hl7_max_batch:
+                break
+        else:
+            self._replay_done = True
+        if last is not None:
+            offset.update({"file": last.file, "pos": last.next_pos, "read": self._replay_read})
+        # In replay the seen set only de-duplicates within the run: nothing is acknowledged.
+        self._inflight.clear()
+        for ids, _ in touched.values():
+            ids.commit()
+        return batch
+
+
+def _rebase(record: SourceRecord, partition: dict[str, Any], offset: dict[str, Any]) -> SourceRecord:
+    return SourceRecord(record.topic, record.key, record.value, record.schema, partition, offset, record.headers,
+                        record.timestamp_ms)
