@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, column, func, select, table, text
+from sqlalchemy import Numeric, String, Table, bindparam, column, func, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import TypeEngine
 
 Row = dict[str, Any]
 
@@ -57,13 +58,24 @@ class MultiRowUpsert:
         names = list(rows[0])
         if conn.dialect.name == "postgresql":
             arrays = select(*(
-                func.unnest(bindparam(f"rows_{n}", type_=postgresql.ARRAY(target.c[n].type))).label(n)
+                func.unnest(bindparam(f"rows_{n}", type_=postgresql.ARRAY(_unbounded(target.c[n].type)))).label(n)
                 for n in names
             ))
             stmt = postgresql.insert(target).from_select(names, arrays)
             conn.execute(_on_conflict(stmt, keys, update), {f"rows_{n}": [row[n] for row in rows] for n in names})
             return
         conn.execute(_on_conflict(dialect_insert(conn, target), keys, update), list(rows))
+
+
+def _unbounded(column_type: TypeEngine[Any]) -> TypeEngine[Any]:
+    """The array's element type without length/precision: an explicit cast to
+    VARCHAR(64) or NUMERIC(12,2) would silently truncate or round, while the
+    INSERT's own assignment rejects a value that does not fit (a PermanentError)."""
+    if isinstance(column_type, String):
+        return String()
+    if isinstance(column_type, Numeric):
+        return Numeric()
+    return column_type
 
 
 class CopyMerge:

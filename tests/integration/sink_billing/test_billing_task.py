@@ -1,0 +1,130 @@
+"""BillingSinkTask driven the way the runtime drives it, against real databases."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from common.errors import ConfigError, PermanentError
+from connectors.sink_billing import tables
+from connectors.sink_billing.audit import charge_counts, table_snapshot
+from connectors.sink_billing.events import BillKey
+from connectors.sink_billing.schema import VERSION_TABLE
+from tests.integration.sink_billing.conftest import BillingDatabase
+from tests.unit.sink_billing.billing_records import GLUCOSE, TOPIC, UNPRICED, ReportStream, deliver
+
+KEY = BillKey("LIS-A", "ACC1", GLUCOSE)
+
+
+def report_life(stream: ReportStream) -> None:
+    stream.report("preliminary", version=1)
+    stream.report("final", version=2)
+    stream.report("corrected", version=3)
+    stream.report("cancelled", version=4)
+
+
+@pytest.mark.parametrize("flushes", ["one flush", "a flush per event"])
+def test_report_life_bills_one_charge_and_one_reversal(billing_db: BillingDatabase, flushes: str) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    report_life(stream)
+    batches = [stream.records] if flushes == "one flush" else [[r] for r in stream.records]
+    for batch in batches:
+        deliver(task, batch, stream.positions(batch))
+    counts = charge_counts(billing_db.engine())[KEY]
+    assert (counts.charges, counts.corrections, counts.reversals) == (1, 1, 1)
+    assert counts.net_amount == 0 and counts.exactly_once
+    with billing_db.engine().connect() as conn:
+        charge = conn.execute(select(tables.charges)).one()
+        ledger = conn.execute(select(tables.ledger).order_by(tables.ledger.c.kafka_offset)).all()
+    assert (charge.status, charge.amount, charge.latest_version) == ("reversed", Decimal("9.00"), 4)
+    assert charge.charge_event_id == ledger[0].event_id and charge.event_id == ledger[-1].event_id
+    assert [(r.entry_type, r.amount) for r in ledger] == [
+        ("charge", Decimal("9.00")), ("correction", Decimal("0.00")), ("reversal", Decimal("-9.00"))]
+    # Domain rule 7: every row names its source message and Kafka position.
+    assert [(r.source_message_id, r.kafka_topic, r.kafka_partition, r.kafka_offset) for r in ledger] == [
+        ("MSG-1", TOPIC, 0, 1), ("MSG-2", TOPIC, 0, 2), ("MSG-3", TOPIC, 0, 3)]
+    assert all(r.processed_at is not None for r in ledger)
+
+
+def test_replayed_records_change_no_row(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    report_life(stream)
+    stream.report("final", accession="ACC2")
+    stream.report("final", accession="ACC3", test_code=UNPRICED)
+    deliver(task, stream.records[:3], stream.positions(stream.records[:3]))
+    deliver(task, stream.records[3:], stream.positions())
+    before = table_snapshot(billing_db.engine())
+    deliver(task, stream.records, stream.positions())  # the whole window again
+    for record in stream.records:  # and one by one, from a restarted task
+        deliver(billing_db.task(), [record], stream.positions())
+    assert table_snapshot(billing_db.engine()) == before
+
+
+def test_unpriced_tests_are_recorded_for_review_with_their_audit_trail(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream(partition=2)
+    stream.report("final", test_code=UNPRICED)
+    stream.report("final", accession="OLD", timestamp_ms=946_684_800_000)  # 2000: before any price
+    deliver(task, stream.records, stream.positions())
+    with billing_db.engine().connect() as conn:
+        rows = conn.execute(select(tables.unpriced_events).order_by(tables.unpriced_events.c.kafka_offset)).all()
+        assert conn.execute(select(tables.charges)).all() == []
+    assert [(r.test_code, r.reason, r.kafka_partition, r.kafka_offset) for r in rows] == [
+        (UNPRICED, "not_on_price_list", 2, 0), (GLUCOSE, "no_price_on_service_date", 2, 1)]
+    assert all(r.reviewed_at is None and r.source_message_id for r in rows)
+
+
+def test_offsets_are_stored_with_the_rows_and_returned_on_open(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream(partition=1)
+    stream.report("final")
+    assert task.open([(TOPIC, 0), (TOPIC, 1)]) is None
+    deliver(task, stream.records, {(TOPIC, 1): 5, ("other-topic", 0): 17})
+    reopened = billing_db.task()
+    assert reopened.open([(TOPIC, 0), (TOPIC, 1), ("other-topic", 0)]) == {(TOPIC, 1): 5, ("other-topic", 0): 17}
+    assert reopened.open([(TOPIC, 0)]) is None
+    deliver(reopened, [], {(TOPIC, 1): 9})  # an empty flush still moves the stored position
+    assert reopened.open([(TOPIC, 1)]) == {(TOPIC, 1): 9}
+
+
+def test_constraint_violation_is_permanent_and_batch_mates_commit_after_abort(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    good_before = stream.report("final", accession="ACC-GOOD-1")
+    poison = stream.report("final", accession="")  # violates ck_billing_charges_accession_not_empty
+    good_after = stream.report("final", accession="ACC-GOOD-2")
+    with pytest.raises(PermanentError) as caught:
+        deliver(task, stream.records, stream.positions())
+    message = str(caught.value)
+    assert "accession_not_empty" in message and "lab-reports/0@0..2" in message
+    assert charge_counts(billing_db.engine()) == {} and task.open([(TOPIC, 0)]) is None  # nothing half-written
+    # The runtime splits the batch: the poison record goes to the DLQ, its batch-mates are re-put.
+    deliver(task, [good_before], {(TOPIC, 0): 1})
+    with pytest.raises(PermanentError):
+        deliver(task, [poison], {(TOPIC, 0): 2})
+    deliver(task, [good_after], {(TOPIC, 0): 3})
+    assert {k.accession for k in charge_counts(billing_db.engine())} == {"ACC-GOOD-1", "ACC-GOOD-2"}
+    assert task.open([(TOPIC, 0)]) == {(TOPIC, 0): 3}
+
+
+def test_oversized_identifier_is_permanent_on_postgresql(billing_db: BillingDatabase) -> None:
+    if billing_db.dialect != "postgresql":
+        pytest.skip("SQLite does not enforce VARCHAR lengths")
+    task, stream = billing_db.task(), ReportStream()
+    stream.report("final", accession="A" * 65)
+    with pytest.raises(PermanentError, match="SQLSTATE 22001") as caught:
+        deliver(task, stream.records, stream.positions())
+    assert "AAAA" not in str(caught.value)
+
+
+def test_unmigrated_database_fails_at_start_naming_the_fix(billing_db: BillingDatabase) -> None:
+    with pytest.raises(ConfigError, match=r"revision none, this version needs .*labconnect migrate sink-billing"):
+        billing_db.task(billing_migrate_on_start=False)
+
+
+def test_migrated_schema_matches_the_writer_tables(billing_db: BillingDatabase) -> None:
+    billing_db.task()
+    with billing_db.engine().connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, tables.metadata) == []
