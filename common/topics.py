@@ -23,7 +23,9 @@ STANDARD_TOPICS = (
     TopicSpec("patients", 6, COMPACTED),
     TopicSpec("notifications", 3),
     TopicSpec("billing-events", 3),
-    TopicSpec("dead-letter", 1),
+    # Dead letters keep their original timestamps: time-based retention could delete
+    # a replayed record's dead letter at once, so they stay until an operator acts.
+    TopicSpec("dead-letter", 1, {"retention.ms": "-1"}),
     TopicSpec("connect-offsets", 5, COMPACTED),
     TopicSpec("connect-status", 1, COMPACTED),
 )

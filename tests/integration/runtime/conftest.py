@@ -47,7 +47,7 @@ class RuntimeEnv:
 def runtime(kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path) -> Iterator[RuntimeEnv]:
     env = RuntimeEnv(
         bootstrap=kafka_bootstrap,
-        dlq=make_topic("dlq"),
+        dlq=make_topic("dlq", config={"retention.ms": "-1"}),
         offsets=make_topic("offsets", partitions=3, config={"cleanup.policy": "compact"}),
         status=make_topic("status", config={"cleanup.policy": "compact"}),
         tmp=tmp_path,

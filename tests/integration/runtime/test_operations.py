@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Producer
@@ -38,11 +39,13 @@ def test_status_shows_every_running_connector(runtime: RuntimeEnv, make_topic: C
 
 
 def test_dead_letters_are_shown_and_redriven_once(runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
-    target = make_topic("redriven")
+    # Original timestamps are kept: the target must not expire old records by time.
+    target = make_topic("redriven", config={"retention.ms": "-1"})
+    original_ts = int(time.time() * 1000) - 3_600_000
     producer = Producer({"bootstrap.servers": runtime.bootstrap})
     dlq = DeadLetterQueue(producer, runtime.dlq, "sink-billing", 0)
     for n in range(3):
-        dlq.send(key=f"k{n}".encode(), value=bytes([0, n, 255]), headers=[("trace", b"t")], timestamp_ms=1_700_000_000_000,
+        dlq.send(key=f"k{n}".encode(), value=bytes([0, n, 255]), headers=[("trace", b"t")], timestamp_ms=original_ts,
                  origin_topic="lab-reports", partition=0, offset=n, stage="TASK_PUT", class_name="X",
                  error=ValueError("email jane@example.org rejected"))
     dlq.flush()
@@ -56,8 +59,9 @@ def test_dead_letters_are_shown_and_redriven_once(runtime: RuntimeEnv, make_topi
         result = _labconnect("dlq", "redrive", "--bootstrap", runtime.bootstrap, "--topic", runtime.dlq,
                              "--to", target, "--group", group)
         assert result.returncode == 0, result.stderr
+    assert "re-drove 0 dead letters" in result.stdout
     redriven = consume_all(runtime.bootstrap, target, expect=3)
     assert [m.value() for m in redriven] == [bytes([0, n, 255]) for n in range(3)]
     headers = dict(redriven[0].headers())
     assert headers["trace"] == b"t" and not any(k.startswith(HEADER_PREFIX) for k in headers)
-    assert redriven[0].timestamp()[1] == 1_700_000_000_000
+    assert redriven[0].timestamp()[1] == original_ts
