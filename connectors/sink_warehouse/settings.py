@@ -21,6 +21,11 @@ class WarehouseSettings(SinkSettings):
     """Where the warehouse lives, the file format and the time partitioning."""
 
     topics: str = Field("lab-results", description="Comma-separated topics to archive")
+    # Rotation: fewer, larger files than the runtime's defaults (scans favour big files).
+    flush_max_records: int = Field(200_000, ge=1)
+    flush_max_bytes: int = Field(128 * MIB, ge=1)
+    flush_max_age_ms: int = Field(600_000, ge=1)
+    flush_idle_ms: int = Field(60_000, ge=1)
     warehouse_url: str = Field(
         "file://./warehouse", description="s3://bucket/prefix, or file://<dir> (the embedded demo target)"
     )

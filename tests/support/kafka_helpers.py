@@ -84,6 +84,11 @@ def start_test_connector(name: str, env: dict[str, str], log_path: Path) -> subp
     return start_process(["-m", "tests.support.run_test_connector", name], env, log_path)
 
 
+def start_real_connector(name: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A project connector as a real process (crash points: tests/support/run_real_connector.py)."""
+    return start_process(["-m", "tests.support.run_real_connector", name], env, log_path)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

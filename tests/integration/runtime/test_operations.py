@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from common.dlq import HEADER_PREFIX, DeadLetterQueue
 from common.status_view import read_statuses
-from tests.integration.runtime.conftest import RuntimeEnv
+from tests.integration.conftest import RuntimeEnv
 from tests.support.kafka_helpers import ROOT, consume_all, wait_for
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from common.dlq import HEADER_PREFIX
 from common.serde import SingleObjectSerde
-from tests.integration.runtime.conftest import RuntimeEnv, count
+from tests.integration.conftest import RuntimeEnv, count
 from tests.support.kafka_helpers import committed_offsets, consume_all, produce, wait_for
 from tests.support.test_connectors import LAB_RESULT, lab_result
 

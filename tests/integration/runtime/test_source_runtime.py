@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 
 from common.serde import SingleObjectSerde
 from common.source_worker import offset_key, read_source_offsets
-from tests.integration.runtime.conftest import RuntimeEnv
+from tests.integration.conftest import RuntimeEnv
 from tests.support.kafka_helpers import consume_all, wait_for
 
 

@@ -1,3 +1,5 @@
+"""Fixtures of the integration tests: per-test runtime topics and connector processes."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -8,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.support.kafka_helpers import start_test_connector
+from tests.support.kafka_helpers import start_real_connector, start_test_connector
 
 
 @dataclass
@@ -35,6 +37,12 @@ class RuntimeEnv:
 
     def start(self, name: str, log_name: str, **env: str | int) -> subprocess.Popen[bytes]:
         process = start_test_connector(name, self.env(**env), self.tmp / f"{log_name}.log")
+        self.processes.append(process)
+        return process
+
+    def start_real(self, name: str, log_name: str, **env: str | int) -> subprocess.Popen[bytes]:
+        """One of the project's connectors (crash points: tests/support/run_real_connector.py)."""
+        process = start_real_connector(name, self.env(**env), self.tmp / f"{log_name}.log")
         self.processes.append(process)
         return process
 

@@ -1,0 +1,78 @@
+"""Run one of the project's connectors as a real process, with a crash point chosen
+by environment variables, so tests can SIGKILL it at exactly the dangerous moment:
+
+* ``CRASH_AFTER_FLUSHES=N``: right after the task's N-th successful flush (the write
+  is durable, the Kafka offset commit has not happened);
+* ``CRASH_BEFORE_DB_COMMIT=N``: inside the N-th database transaction, after its
+  statements ran and before COMMIT (SQLAlchemy's ``commit`` event);
+* ``CRASH_AFTER_UPLOAD_PARTS=N``: in the middle of a multipart upload, after N parts.
+
+    python -m tests.support.run_real_connector sink-warehouse
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from common.cli import run_spec
+from common.connector import ConnectorSpec, load_connector
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _countdown(variable: str) -> Any:
+    limit = int(os.environ.get(variable, "0"))
+    state = {"n": 0}
+
+    def tick(*_: Any, **__: Any) -> None:
+        state["n"] += 1
+        if limit and state["n"] >= limit:
+            _kill()
+
+    return tick if limit else None
+
+
+def _with_crash_points(spec: ConnectorSpec) -> ConnectorSpec:
+    after_flush = _countdown("CRASH_AFTER_FLUSHES")
+    before_commit = _countdown("CRASH_BEFORE_DB_COMMIT")
+    after_part = _countdown("CRASH_AFTER_UPLOAD_PARTS")
+
+    if before_commit is not None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "commit", before_commit)
+    if after_part is not None:
+        import botocore.client
+
+        original_init = botocore.client.BaseClient.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(self, *args, **kwargs)
+            self.meta.events.register("after-call.s3.UploadPart", after_part)
+
+        botocore.client.BaseClient.__init__ = init  # type: ignore[method-assign]
+
+    def factory(settings: Any) -> Any:
+        task = spec.task_factory(settings)
+        if after_flush is not None:
+            original_flush = task.flush
+
+            def flush(offsets: Any) -> None:
+                original_flush(offsets)
+                after_flush()
+
+            task.flush = flush
+        return task
+
+    return ConnectorSpec(spec.name, spec.kind, spec.settings, factory, spec.description, spec.reader_schemas,
+                         spec.migrate)
+
+
+if __name__ == "__main__":
+    sys.exit(run_spec(_with_crash_points(load_connector(sys.argv[1]))))
