@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Numeric, String, Table, bindparam, column, func, select, table, text
+from sqlalchemy import BigInteger, Date, DateTime, Integer, Numeric, String, Table, bindparam, column, func, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeEngine
@@ -91,19 +91,39 @@ class CopyMerge:
         names = list(rows[0])
         staging = f"staging_{target.name}"
         quoted = ", ".join(f'"{n}"' for n in names)
-        # ON COMMIT DROP: nothing to clean up, also after a rollback.
+        # Created once per connection (a no-op afterwards); emptied by every commit or rollback.
         conn.execute(text(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" '
-                          f'(LIKE "{target.name}" INCLUDING DEFAULTS) ON COMMIT DROP'))
+                          f'(LIKE "{target.name}" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS'))
         raw = conn.connection.driver_connection  # psycopg.Connection, same transaction
         assert raw is not None
         with raw.cursor() as cursor:
-            with cursor.copy(f'COPY "{staging}" ({quoted}) FROM STDIN') as copy:
+            # Binary COPY: no text formatting of numbers and times on either side.
+            with cursor.copy(f'COPY "{staging}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
+                copy.set_types([_copy_type(target.c[n].type) for n in names])
+                write_row = copy.write_row
                 for row in rows:
-                    copy.write_row([row[n] for n in names])
+                    write_row([row[n] for n in names])
         source = table(staging, *(column(n) for n in names))
         stmt = postgresql.insert(target).from_select(names, select(*source.c))
         conn.execute(_on_conflict(stmt, keys, update))
         conn.execute(text(f'TRUNCATE "{staging}"'))  # several merges may share one transaction
+
+
+def _copy_type(column_type: TypeEngine[Any]) -> str:
+    """PostgreSQL type name for binary COPY of a column (length checks still apply on input)."""
+    if isinstance(column_type, String):
+        return "text"
+    if isinstance(column_type, BigInteger):
+        return "int8"
+    if isinstance(column_type, Integer):
+        return "int4"
+    if isinstance(column_type, Numeric):
+        return "numeric"
+    if isinstance(column_type, DateTime):
+        return "timestamptz" if column_type.timezone else "timestamp"
+    if isinstance(column_type, Date):
+        return "date"
+    raise TypeError(f"no COPY type for {column_type!r}")
 
 
 def bulk_upsert(method: str) -> BulkUpsert:

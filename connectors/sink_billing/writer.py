@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -72,12 +73,18 @@ class ChargeWriter:
             return {}
         t = tables.charges
         accessions = sorted({k.accession for k in keys})
+        columns = (t.c.accession, t.c.test_code, t.c.source_system, t.c.status, t.c.amount, t.c.currency,
+                   t.c.price_effective_from, t.c.service_time, t.c.charge_event_id, t.c.latest_version)
+        # By accession (the primary key's first column), then exact keys here: one parameter per accession
+        # (PostgreSQL: a single array parameter), not three per key.
+        if conn.dialect.name == "postgresql":
+            queries = [select(*columns).where(t.c.accession == any_(
+                bindparam("accessions", accessions, type_=postgresql.ARRAY(String()))))]
+        else:
+            queries = [select(*columns).where(t.c.accession.in_(accessions[start:start + _LOOKUP_CHUNK]))
+                       for start in range(0, len(accessions), _LOOKUP_CHUNK)]
         states: dict[BillKey, ChargeState] = {}
-        for start in range(0, len(accessions), _LOOKUP_CHUNK):
-            # By accession (the primary key's first column), then exact keys here: fewer bound parameters.
-            query = select(t.c.accession, t.c.test_code, t.c.source_system, t.c.status, t.c.amount, t.c.currency,
-                           t.c.price_effective_from, t.c.service_time, t.c.charge_event_id, t.c.latest_version,
-                           ).where(t.c.accession.in_(accessions[start:start + _LOOKUP_CHUNK]))
+        for query in queries:
             for row in conn.execute(query):
                 key = BillKey(row.source_system, row.accession, row.test_code)
                 if key in keys:
