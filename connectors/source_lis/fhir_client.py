@@ -121,8 +121,9 @@ class FhirPoller:
     def since_ms(self) -> int:
         return max(self.cursor.high_ms - self.overlap_ms, self.start_ms)
 
-    def first_url(self) -> str:
-        params: list[tuple[str, str]] = [("_lastUpdated", "ge" + format_instant(self.since_ms()))]
+    def first_url(self, since_ms: int | None = None) -> str:
+        since = self.since_ms() if since_ms is None else since_ms
+        params: list[tuple[str, str]] = [("_lastUpdated", "ge" + format_instant(since))]
         if self.until_ms is not None:
             params.append(("_lastUpdated", "lt" + format_instant(self.until_ms)))
         params += [("_sort", "_lastUpdated"), ("_count", str(self.page_size)),
@@ -137,9 +138,12 @@ class FhirPoller:
     def next_page(self) -> FhirPage:
         url = self._next_url or self.first_url()
         bundle = self._get(url)
-        if bundle is None:  # the server expired its paging cursor: search again from ours
+        if bundle is None:
+            # The server expired its paging cursor: continue with a new search from the high
+            # water itself (not minus the overlap, which could hold more than a page and never
+            # progress); ``ge`` re-reads equal timestamps and the seen set drops them.
             self._next_url = None
-            bundle = self._get(self.first_url())
+            bundle = self._get(self.first_url(max(self.cursor.high_ms, self.start_ms)))
             assert bundle is not None
         return self._accept(bundle)
 

@@ -75,15 +75,18 @@ class Hl7Source:
         self.settings = settings
         self.replay = replay
         self.headers = headers
-        self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, **mapper_kwargs)
-        self.topic_filter = mapper_kwargs.get("topic_filter")
+        kwargs = dict(mapper_kwargs)
+        self.topic_filter = kwargs.pop("topic_filter", None)
+        self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, **kwargs)
         self.inbox: queue.Queue[InboundMessage] = queue.Queue()
         self.server: MllpServer | None = None
         self.archive: ArchiveWriter | None = None
         self._context_offset: Any = None
         self._senders: dict[str, _SenderIds] = {}
         self._inflight: dict[tuple[str, str, str], _Pending] = {}
-        self._batches: dict[int, tuple[Sequence[Record], list[_Pending], list[_SenderIds]]] = {}
+        # Batches handed to the runtime, oldest first: it writes them one at a time, in order,
+        # and reports each with on_committed/on_aborted (the batch object may be a copy).
+        self._batches: deque[tuple[list[_Pending], list[_SenderIds]]] = deque()
         self._reader: ArchiveReader | None = None
         self._replay_iter: Any = None
         self._replay_partition = {"lis": settings.lis_name, "archive": "hl7"}
@@ -153,7 +156,7 @@ class Hl7Source:
         if not batch:
             self._answer(pending, committed=True)
             return batch
-        self._batches[id(batch)] = (batch, pending, [ids for ids, _ in touched.values()])
+        self._batches.append((pending, [ids for ids, _ in touched.values()]))
         return batch
 
     def _process(self, raw: bytes, inbound: InboundMessage | None, batch: list[Record], pending: list[_Pending],
@@ -213,19 +216,17 @@ class Hl7Source:
 
     # -- ACKs ------------------------------------------------------------------------------------------
     def on_committed(self, batch: Sequence[Record]) -> None:
-        entry = self._batches.pop(id(batch), None)
-        if entry is None:
+        if not self._batches:
             return
-        _, pending, senders = entry
+        pending, senders = self._batches.popleft()
         for ids in senders:
             ids.commit()
         self._answer(pending, committed=True)
 
     def on_aborted(self, batch: Sequence[Record], error: BaseException) -> None:
-        entry = self._batches.pop(id(batch), None)
-        if entry is None:
+        if not self._batches:
             return
-        _, pending, senders = entry
+        pending, senders = self._batches.popleft()
         for ids in senders:
             ids.rollback()
         self.mapper.reset()

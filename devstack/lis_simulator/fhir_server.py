@@ -184,14 +184,15 @@ class FhirSimulator:
             self.current.pop(report_id, None)
             self._dirty = True
 
-    def expected_event_ids(self, source: str = "lis") -> set[str]:
-        """The event ids the connector must produce for the current version of every report
-        (LabResult + LabReport); use it in end-to-end tests."""
+    def expected_event_ids(self, source: str = "lis", history: bool = False) -> set[str]:
+        """The event ids (LabResult + LabReport) the connector must produce for the current
+        version of every report, or with ``history`` for every version ever published (what a
+        poller that saw each version produces); use it in end-to-end tests."""
         from connectors.source_lis.events import report_event_id, result_event_id
 
         ids = set()
         with self._lock:
-            for r in self.current.values():
+            for r in (self.history if history else self.current.values()):
                 ids.add(report_event_id(source, r.accession, r.status, str(r.version)))
                 for i, res in enumerate(r.results):
                     ids.add(result_event_id(source, r.accession, res.code, f"{r.id}-{i}", str(r.version)))

@@ -45,7 +45,7 @@ def render_oru(reports: list[SimReport], control_id: str, sending_app: str = "LI
         f"{control_id}|P|2.5.1|||AL|NE||UNICODE UTF-8",
         # PID-3 repeats: the SSN first on purpose; the connector must pick by type, not position.
         f"PID|1||999-00-0000^^^SSA^SS~{p.mrn}^^^LAB&1.2.3.4&ISO^MR||{escape(p.family)}^{escape(p.given)}||"
-        f"{p.birth_date.replace('-', '')}|U|||||{'~'.join(telecom)}|||{p.language}",
+        f"{p.birth_date.replace('-', '')}|U|||||{'~'.join(telecom)}||{p.language}",
         f"ZPC|1|{'Y' if p.sms_consent else 'N'}|{'Y' if p.email_consent else 'N'}|{p.time_zone}",
         "PV1|1|O",
     ]

@@ -1,0 +1,40 @@
+"""The HL7 archive: per-day files, window reads, resume positions, torn tails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from connectors.source_lis.archive import ArchiveReader, ArchiveWriter
+
+DAY = 86_400_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def test_messages_are_filed_per_utc_day_and_read_back_by_window(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path)
+    for i in range(6):
+        writer.append(f"MSH|{i}\r\nwith any bytes \x00\xff".encode("latin-1"), T0 + i * DAY // 2)
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-01-01.hl7", "2026-01-02.hl7", "2026-01-03.hl7"]
+    got = list(ArchiveReader(tmp_path, T0 + DAY // 2, T0 + 2 * DAY).read())
+    assert [m.raw[:6] for m in got] == [b"MSH|1\r", b"MSH|2\r", b"MSH|3\r"]
+    assert got[0].raw.endswith(b"\x00\xff")
+
+
+def test_reading_resumes_at_a_file_position(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path)
+    for i in range(5):
+        writer.append(f"M{i}".encode(), T0 + i)
+    writer.close()
+    reader = ArchiveReader(tmp_path, T0, T0 + DAY)
+    second = list(reader.read())[1]
+    assert [m.raw for m in reader.read(second.file, second.next_pos)] == [b"M2", b"M3", b"M4"]
+
+
+def test_torn_last_entry_is_ignored(tmp_path: Path) -> None:
+    writer = ArchiveWriter(tmp_path)
+    writer.append(b"GOOD", T0)
+    writer.close()
+    with open(tmp_path / "2026-01-01.hl7", "ab") as fh:
+        fh.write(b"%d 100\nPARTIAL" % T0)
+    assert [m.raw for m in ArchiveReader(tmp_path, T0, T0 + DAY).read()] == [b"GOOD"]

@@ -1,0 +1,106 @@
+"""ORU^R01 -> events: patient id by type/authority, per-report events, deterministic ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.source_lis.hl7_mapping import Hl7ContentError, Hl7Mapper
+from connectors.source_lis.hl7_parser import parse_oru
+from tests.unit.source_lis.hl7_samples import oru
+
+
+def mapper(**overrides: object) -> Hl7Mapper:
+    values: dict = dict(source="lis", results_topic="lab-results", reports_topic="lab-reports",
+                        patients_topic="patients", patient_id_type="MR", patient_id_system=None)
+    values.update(overrides)
+    return Hl7Mapper(**values)
+
+
+def records(text: str, m: Hl7Mapper | None = None) -> list:
+    return (m or mapper()).map(parse_oru(text), {"lis": "lis", "sender": "LIS|MAINLAB"}, {}, [])
+
+
+def test_one_report_event_per_obr_and_one_result_per_obx_keyed_by_patient() -> None:
+    out = records(oru())
+    assert [r.topic for r in out] == ["patients", "lab-results", "lab-results", "lab-results", "lab-reports",
+                                      "lab-results", "lab-reports"]
+    assert {r.key for r in out} == {"MRN0000042"}
+    cbc = out[4].value
+    assert (cbc["event_type"], cbc["report_status"], cbc["accession"], cbc["result_count"], cbc["critical"]) == \
+        ("REPORT_FINAL", "final", "ACC1", 3, True)
+    assert cbc["ordering_provider_id"] == "NPI1234"
+    assert cbc["metadata"] == {"note": "Sample drawn at home visit"}
+    assert out[6].value["critical"] is False
+
+
+def test_result_fields() -> None:
+    hb = records(oru())[2].value
+    assert {k: hb[k] for k in ("test_id", "test_name", "result_value", "unit", "reference_range", "abnormal_flag",
+                               "status", "result_status", "loinc_code", "source_message_id", "event_type")} == {
+        "test_id": "718-7", "test_name": "Hemoglobin", "result_value": "6.1", "unit": "g/dL",
+        "reference_range": "12.0-17.5", "abnormal_flag": "LL", "status": "VERIFIED", "result_status": "F",
+        "loinc_code": "718-7", "source_message_id": "MSG001", "event_type": "LAB_RESULT_CREATED"}
+    assert hb["timestamp"] == 1767268500000  # OBR-22
+    assert hb["observed_time"] == 1767263400000  # OBX-14
+    assert "read back" in hb["metadata"]["note"]
+
+
+def test_contact_details_and_consent_only_on_the_patients_topic() -> None:
+    out = records(oru())
+    contact = out[0].value
+    assert (contact["phone"], contact["email"], contact["sms_consent"], contact["email_consent"],
+            contact["time_zone"], contact["language"]) == \
+        ("+15550001111", "chloe@example.org", True, False, "America/Chicago", "es")
+    for r in out[1:]:
+        assert "+15550001111" not in repr(r.value) and "chloe@" not in repr(r.value)
+
+
+def test_unchanged_contact_is_not_sent_again() -> None:
+    m = mapper()
+    assert records(oru("A"), m)[0].topic == "patients"
+    assert records(oru("B"), m)[0].topic != "patients"
+
+
+def test_patient_id_is_chosen_by_type_not_position() -> None:
+    swapped = "MRN0000042^^^LAB&1.2.3.4&ISO^MR~999-00-0000^^^SSA^SS"
+    assert {r.key for r in records(oru(pid3=swapped))} == {"MRN0000042"}
+    assert {r.key for r in records(oru(), mapper(patient_id_type="SS"))} == {"999-00-0000"}
+
+
+def test_patient_id_by_assigning_authority() -> None:
+    assert {r.key for r in records(oru(), mapper(patient_id_system="1.2.3.4"))} == {"MRN0000042"}
+    assert {r.key for r in records(oru(), mapper(patient_id_system="SSA"))} == {"999-00-0000"}
+
+
+def test_missing_patient_id_is_a_content_error_without_phi() -> None:
+    with pytest.raises(Hl7ContentError) as info:
+        records(oru("C7", pid3="999-00-0000^^^SSA^SS"))
+    assert "C7" in str(info.value) and "999" not in str(info.value)
+
+
+def test_unknown_status_codes_are_content_errors() -> None:
+    with pytest.raises(Hl7ContentError, match="OBR-25"):
+        records(oru(obr25="Q"))
+    with pytest.raises(Hl7ContentError, match="OBX-11"):
+        records(oru(obx11="Q"))
+
+
+def test_resent_message_maps_to_the_same_event_ids() -> None:
+    first = [r.value.get("event_id") for r in records(oru("M1"))[1:]]
+    again = [r.value.get("event_id") for r in records(oru("M1-resent"))[1:]]
+    assert first == again
+
+
+def test_preliminary_final_and_correction_get_distinct_ids() -> None:
+    ids = [{r.value["event_id"] for r in records(oru(obr25=s, obx11=s)) if r.topic != "patients"}
+           for s in ("P", "F", "C")]
+    assert not ids[0] & ids[1] and not ids[1] & ids[2]
+    prelim = records(oru(obr25="P", obx11="P"))
+    assert prelim[1].value["status"] == "PENDING" and prelim[4].value["event_type"] == "REPORT_PRELIMINARY"
+
+
+def test_cancelled_order_without_results() -> None:
+    text = "\r".join(s for s in oru(obr25="X", second_order=False).split("\r") if not s.startswith(("OBX", "NTE")))
+    out = records(text)
+    assert [r.topic for r in out] == ["patients", "lab-reports"]
+    assert out[1].value["event_type"] == "REPORT_CANCELLED" and out[1].value["result_count"] == 0

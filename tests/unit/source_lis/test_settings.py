@@ -1,0 +1,50 @@
+"""Settings: modes, secrets from files, clear errors naming every bad variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import load_settings
+from common.errors import ConfigError
+from connectors.source_lis.settings import LisSettings
+
+
+def test_fhir_mode_with_token_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    settings = load_settings(LisSettings, {"LIS_MODE": "fhir", "FHIR_BASE_URL": "https://lis.example/fhir/",
+                                           "FHIR_AUTH_TOKEN_FILE": str(secret)})
+    assert settings.fhir_auth_token == "s3cret"
+    assert settings.fhir_base_url == "https://lis.example/fhir"
+    assert settings.redacted()["FHIR_AUTH_TOKEN"] == "********"
+    assert (settings.results_topic, settings.reports_topic, settings.patients_topic) == \
+        ("lab-results", "lab-reports", "patients")
+
+
+def test_every_bad_variable_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(LisSettings, {"LIS_MODE": "ftp", "HL7_ENCODING": "klingon", "FHIR_PAGE_SIZE": "0",
+                                    "HL7_TIME_ZONE": "Mars/Olympus"})
+    text = str(info.value)
+    for var in ("LIS_MODE", "HL7_ENCODING", "FHIR_PAGE_SIZE", "HL7_TIME_ZONE"):
+        assert var in text
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"LIS_MODE": "fhir"}, "FHIR_BASE_URL is required"),
+    ({"LIS_MODE": "fhir", "FHIR_BASE_URL": "lis.example"}, "http"),
+    ({"LIS_MODE": "fhir", "FHIR_BASE_URL": "http://x", "FHIR_AUTH_TOKEN": "t", "FHIR_USERNAME": "u",
+      "FHIR_PASSWORD": "p"}, "not both"),
+    ({"LIS_MODE": "fhir", "FHIR_BASE_URL": "http://x", "FHIR_USERNAME": "u"}, "go together"),
+    ({}, "LIS_MODE: is required"),
+])
+def test_mode_specific_requirements(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(LisSettings, env)
+
+
+def test_hl7_mode_defaults() -> None:
+    settings = load_settings(LisSettings, {"LIS_MODE": "hl7-mllp"})
+    assert (settings.mllp_host, settings.mllp_port, settings.hl7_encoding) == ("127.0.0.1", 2575, "utf-8")
