@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from common.connector import REGISTRY, ConnectorSpec, load_connector
-from common.errors import ConfigError
+from common.errors import ConfigError, ConnectorError
 
 EXIT_CONFIG = 2
 
@@ -127,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"labconnect: {error}", file=sys.stderr)
         code = EXIT_CONFIG
+    except ConnectorError as error:  # e.g. the database is unreachable during `migrate`
+        print(f"labconnect: {error}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

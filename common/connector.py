@@ -19,10 +19,15 @@ class ConnectorSpec:
     settings: type[WorkerSettings]
     task_factory: Callable[[WorkerSettings], SourceTask | SinkTask]
     description: str = ""
-    # Sink only: topic -> Avro full name the task reads values as (schema resolution).
+    # Sink only: topic -> Avro full name the task reads values as (schema resolution);
+    # topics not listed use ``default_reader_schema`` (None: values as written).
     reader_schemas: dict[str, str] = field(default_factory=dict)
+    default_reader_schema: str | None = None
     # Brings the connector's own storage schema up to date (`labconnect migrate <name>`).
     migrate: Callable[[WorkerSettings], None] | None = None
+
+    def reader_schema(self, topic: str) -> str | None:
+        return self.reader_schemas.get(topic, self.default_reader_schema)
 
 
 # The connectors the CLI knows, by type name -> module that defines `CONNECTOR`.

@@ -115,7 +115,7 @@ class SinkWorker:
             settings.errors_deadletterqueue_context_headers_enable,
         )
         self.batch = SinkBatch()
-        self.reader_schemas = spec.reader_schemas
+        self._reader_by_topic = {topic: spec.reader_schema(topic) for topic in settings.topic_list}
         self._delivering = False
         self._revoked_while_delivering = False
         self._callback_error: BaseException | None = None
@@ -151,7 +151,7 @@ class SinkWorker:
     def _accept(self, messages: list[Message]) -> None:
         now = time.monotonic()
         decode = self.serde.decode
-        readers = self.reader_schemas
+        readers = self._reader_by_topic
         for message in messages:
             error = message.error()
             if error is not None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import traceback
 from types import FrameType
 
 from common.config import SinkSettings, SourceSettings, WorkerSettings
 from common.connector import ConnectorSpec
-from common.errors import safe_message
+from common.errors import ConfigError, safe_message
 from common.retry import RetryPolicy
 from common.status import Control, StatusReporter, TaskState, serve_http
 from common.task import SinkTask, SourceTask
@@ -65,6 +66,13 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
             try:
                 worker.run()
                 return 0
+            except ConfigError as error:
+                # Bad configuration found at start (a missing migration, an unreadable price list):
+                # restarting cannot help, so exit 2 like any other configuration problem.
+                status.set(TaskState.FAILED, trace=str(error))
+                _close_quietly(worker)
+                print(f"labconnect: {error}", file=sys.stderr)
+                return 2
             except Exception as error:
                 trace = _safe_trace(error)
                 log.error("task failed: %s", trace, extra={"error_class": type(error).__name__})

@@ -12,6 +12,7 @@ by environment variables, so tests can SIGKILL it at exactly the dangerous momen
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -70,8 +71,7 @@ def _with_crash_points(spec: ConnectorSpec) -> ConnectorSpec:
             task.flush = flush
         return task
 
-    return ConnectorSpec(spec.name, spec.kind, spec.settings, factory, spec.description, spec.reader_schemas,
-                         spec.migrate)
+    return dataclasses.replace(spec, task_factory=factory)
 
 
 if __name__ == "__main__":

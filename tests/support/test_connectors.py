@@ -131,5 +131,5 @@ class CountingSource(SourceTask):
 
 
 RECORDING_SINK = ConnectorSpec("recording-sink", "sink", RecordingSettings, lambda s: RecordingSink(s),  # type: ignore[arg-type]
-                               reader_schemas={})
+                               )
 COUNTING_SOURCE = ConnectorSpec("counting-source", "source", CountingSettings, lambda s: CountingSource(s))  # type: ignore[arg-type]

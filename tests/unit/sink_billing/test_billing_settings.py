@@ -36,5 +36,5 @@ def test_postgres_url_and_write_method_from_the_environment() -> None:
 
 def test_connector_reads_every_configured_topic_as_lab_report() -> None:
     assert CONNECTOR.name == "sink-billing" and CONNECTOR.kind == "sink" and CONNECTOR.migrate is not None
-    assert CONNECTOR.reader_schemas.get("lab-reports") == LAB_REPORT
-    assert CONNECTOR.reader_schemas.get("lab-reports-replay") == LAB_REPORT
+    assert CONNECTOR.reader_schema("lab-reports") == LAB_REPORT
+    assert CONNECTOR.reader_schema("lab-reports-replay") == LAB_REPORT
