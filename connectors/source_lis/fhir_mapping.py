@@ -31,6 +31,8 @@ Record = SourceRecord | DeadLetter
 RESULT_SCHEMA = events.RESULT_SCHEMA
 CRITICAL = events.CRITICAL_FLAGS
 _EMPTY: dict[str, Any] = {}
+# Shared by every result without notes: records are only read (serialised), never changed.
+_NO_METADATA: dict[str, str] = {}
 
 
 class UnmappableReport(PermanentError):
@@ -42,6 +44,9 @@ def _code(concept: dict[str, Any] | None) -> tuple[str, str, str | None]:
     if not concept:
         raise KeyError("code")
     codings = concept.get("coding") or ()
+    if codings and codings[0].get("system") == LOINC:  # the usual case, without the loop
+        code = codings[0]["code"]
+        return code, concept.get("text") or codings[0].get("display") or code, code
     chosen = None
     for coding in codings:
         if coding.get("system") == LOINC:
@@ -79,9 +84,9 @@ def _range(obs: dict[str, Any]) -> str | None:
     if not ranges:
         return None
     r = ranges[0]
-    if r.get("text"):
+    if "text" in r:
         return str(r["text"])
-    low, high = r.get("low", {}).get("value"), r.get("high", {}).get("value")
+    low, high = r.get("low", _EMPTY).get("value"), r.get("high", _EMPTY).get("value")
     if low is not None and high is not None:
         return f"{low}-{high}"
     if high is not None:
@@ -209,7 +214,7 @@ class FhirMapper:
                 result_event_id(source, accession, code, obs_id, obs_version), obs_status,
                 parse_instant(obs_updated) if obs_updated else updated,
                 int(obs_version) if obs_version.isdigit() else 1, patient_id, code, name, value, unit,
-                _range(obs), {"note": " ".join(n.get("text", "") for n in notes)} if notes else {},
+                _range(obs), {"note": " ".join(n.get("text", "") for n in notes)} if notes else _NO_METADATA,
                 accession, loinc, flag, obs_status, status, parse_instant(obs_time) if obs_time else observed,
                 source, f"Observation/{obs_id}/_history/{obs_version}",
             )
