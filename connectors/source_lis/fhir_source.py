@@ -81,12 +81,17 @@ class FhirSource:
                 time.sleep(min(wait, 1.0))  # poll() must come back within about a second
                 return []
         with _gc_paused():
-            page = poller.next_page()
-            if page.last_page:
-                if self.replay is not None:
-                    self._finished = True
-                self._next_search_at = time.monotonic() + self.settings.fhir_poll_interval_ms / 1000
-            return self.mapper.map_page(page)
+            return self._next_page_records(poller)
+
+    def _next_page_records(self, poller: FhirPoller) -> list[SourceRecord | DeadLetter]:
+        # Its own frame so the parsed page is freed (by reference counting) before the
+        # collector is switched back on and never has to walk it.
+        page = poller.next_page()
+        if page.last_page:
+            if self.replay is not None:
+                self._finished = True
+            self._next_search_at = time.monotonic() + self.settings.fhir_poll_interval_ms / 1000
+        return self.mapper.map_page(page)
 
     def on_committed(self, batch: Sequence[SourceRecord | DeadLetter]) -> None:
         for item in reversed(batch):
