@@ -133,7 +133,9 @@ class SinkWorker:
                 if self.control.paused.is_set():
                     self._pause_loop()
                     continue
-                messages = self.consumer.consume(s.consume_batch_size, timeout=self._poll_timeout())
+                # Never more than FLUSH_MAX_RECORDS in one batch: it bounds memory and transaction size.
+                room = max(1, min(s.consume_batch_size, s.flush_max_records - len(self.batch.records)))
+                messages = self.consumer.consume(room, timeout=self._poll_timeout())
                 self._raise_callback_error()
                 if messages:
                     self._accept(messages)
