@@ -129,9 +129,12 @@ def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
         settings = cls.model_validate(values)
     except ValidationError as exc:
         for error in exc.errors():
-            var = str(error["loc"][0]).upper() if error["loc"] else "?"
             message = "is required" if error["type"] == "missing" else error["msg"]
-            problems.append(f"{var}: {message}")
+            message = message.removeprefix("Value error, ")
+            if error["loc"]:
+                problems.append(f"{str(error['loc'][0]).upper()}: {message}")
+            else:  # a rule across several settings names them in its message
+                problems.append(message)
     if problems:
         raise ConfigError(problems)
     return settings

@@ -64,6 +64,8 @@ class DeadLetter:
 
     The runtime writes it to the dead-letter queue in the same transaction as the
     batch it came with, so the bad input is never lost and never blocks the rest.
+    A dead letter may carry the source offset reached with it: a batch of nothing but
+    bad input then still moves the source forward, and a restart does not re-read it.
     """
 
     payload: bytes
@@ -71,3 +73,5 @@ class DeadLetter:
     key: bytes | None = None
     headers: Headers = field(default_factory=list)
     stage: str = "TASK_POLL"
+    source_partition: dict[str, Any] | None = None
+    source_offset: dict[str, Any] | None = None

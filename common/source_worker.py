@@ -176,6 +176,9 @@ class SourceWorker:
             for item in batch:
                 if isinstance(item, DeadLetter):
                     self._dead_letter(item.payload, item.key, item.headers, item.stage, item.error)
+                    if item.source_partition is not None and item.source_offset is not None:
+                        latest[json.dumps(item.source_partition, separators=(",", ":"), sort_keys=True)] = (
+                            item.source_partition, item.source_offset)
                     continue
                 latest[json.dumps(item.source_partition, separators=(",", ":"), sort_keys=True)] = (
                     item.source_partition, item.source_offset)

@@ -292,4 +292,4 @@ class FhirMapper:
         except Exception:  # noqa: BLE001 - the identifier itself may be what is malformed
             accession = None
         return DeadLetter(payload=payload, error=error, key=(accession or "").encode() or None,
-                          headers=list(self.headers))
+                          headers=list(self.headers), source_partition=self.partition, source_offset=page.offset)

@@ -95,7 +95,7 @@ class FhirSource:
 
     def on_committed(self, batch: Sequence[SourceRecord | DeadLetter]) -> None:
         for item in reversed(batch):
-            if isinstance(item, SourceRecord):
+            if item.source_offset is not None:
                 self._committed = FhirCursor.from_offset(item.source_offset)
                 return
 

@@ -21,7 +21,7 @@ from pydantic import Field
 from common.config import SinkSettings, SourceSettings
 from common.connector import ConnectorSpec
 from common.errors import PermanentError
-from common.records import SinkRecord, SourceRecord
+from common.records import DeadLetter, SinkRecord, SourceRecord
 from common.task import SinkTask, SourceTask, TopicPartition
 
 LAB_RESULT = "com.drdangslab.events.LabResult"
@@ -100,6 +100,7 @@ class CountingSettings(SourceSettings):
     counting_total: int = 1000
     counting_batch: int = 100
     crash_in_batch: int = Field(0, description="SIGKILL mid-transaction while writing batch N (1-based)")
+    bad_batch: int = Field(0, description="batch N (1-based) is all bad input: dead letters only")
 
 
 class CountingSource(SourceTask):
@@ -112,14 +113,20 @@ class CountingSource(SourceTask):
         offset = context.offset({"source": "counter"})
         self.next = offset["n"] + 1 if offset else 0
 
-    def poll(self) -> Sequence[SourceRecord]:
+    def poll(self) -> Sequence[SourceRecord | DeadLetter]:
         s = self.settings
         if self.next >= s.counting_total:
             time.sleep(0.05)
             return []
         end = min(self.next + s.counting_batch, s.counting_total)
-        batch = [SourceRecord(s.counting_topic, f"p{n % 7}", lab_result(n, f"p{n % 7}"), LAB_RESULT,
-                              {"source": "counter"}, {"n": n}) for n in range(self.next, end)]
+        batch: list[SourceRecord | DeadLetter]
+        if s.bad_batch and self.batches + 1 == s.bad_batch:
+            batch = [DeadLetter(f"bad {n}".encode(), PermanentError(f"input {n} is malformed"),
+                                source_partition={"source": "counter"}, source_offset={"n": n})
+                     for n in range(self.next, end)]
+        else:
+            batch = [SourceRecord(s.counting_topic, f"p{n % 7}", lab_result(n, f"p{n % 7}"), LAB_RESULT,
+                                  {"source": "counter"}, {"n": n}) for n in range(self.next, end)]
         self.next = end
         self.batches += 1
         if s.crash_in_batch and self.batches == s.crash_in_batch:

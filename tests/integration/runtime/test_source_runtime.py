@@ -75,3 +75,17 @@ def test_a_zombie_instance_is_fenced(runtime: RuntimeEnv, make_topic: Callable[.
     assert fenced
     values = [m.value() for m in consume_all(runtime.bootstrap, topic)]
     assert b"zombie write" not in values and len(values) == 5
+
+
+def test_a_batch_of_only_bad_input_still_moves_the_source_offset(
+        runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("counts")
+    name = f"bad-{topic}"
+    env = dict(CONNECTOR_NAME=name, COUNTING_TOPIC=topic, COUNTING_TOTAL=300, COUNTING_BATCH=100, BAD_BATCH=3,
+               COUNTING_EXIT_WHEN_DONE="1")
+    assert runtime.start("counting-source", "first", **env).wait(60) == 0
+    stored = read_source_offsets({"bootstrap.servers": runtime.bootstrap}, runtime.offsets, name)
+    assert list(stored.values()) == [{"n": 299}]
+    assert runtime.start("counting-source", "second", **env).wait(60) == 0  # resumes past the bad input
+    assert len(consume_all(runtime.bootstrap, runtime.dlq)) == 100
+    assert sorted(_numbers(runtime.bootstrap, topic)) == list(range(200))
