@@ -5,7 +5,9 @@ by environment variables, so tests can SIGKILL it at exactly the dangerous momen
   is durable, the Kafka offset commit has not happened);
 * ``CRASH_BEFORE_DB_COMMIT=N``: inside the N-th database transaction, after its
   statements ran and before COMMIT (SQLAlchemy's ``commit`` event);
-* ``CRASH_AFTER_UPLOAD_PARTS=N``: in the middle of a multipart upload, after N parts.
+* ``CRASH_AFTER_UPLOAD_PARTS=N``: in the middle of a multipart upload, after N parts;
+* ``CRASH_IN_TRANSACTION=N`` (sources): inside the N-th Kafka transaction, after its
+  records and source offsets reached the broker and before ``commit_transaction``.
 
     python -m tests.support.run_real_connector sink-warehouse
 """
@@ -38,7 +40,31 @@ def _countdown(variable: str) -> Any:
     return tick if limit else None
 
 
+def _crash_in_transaction(limit: int) -> None:
+    """SIGKILL the source worker in its ``limit``-th transaction, just before the commit."""
+    from common.source_worker import SourceWorker
+
+    original_write, original_produce = SourceWorker._write, SourceWorker._produce
+    state = {"transactions": 0}
+
+    def write(self: SourceWorker, batch: Any, context: Any) -> None:
+        state["transactions"] += 1
+        original_write(self, batch, context)
+
+    def produce(self: SourceWorker, topic: str, kwargs: dict[str, Any]) -> None:
+        original_produce(self, topic, kwargs)
+        if state["transactions"] == limit and topic == self.settings.offset_storage_topic:
+            # The offsets come last in a transaction: the records are produced, the commit is next.
+            self.producer.flush(10)
+            _kill()
+
+    SourceWorker._write = write  # type: ignore[method-assign]
+    SourceWorker._produce = produce  # type: ignore[method-assign]
+
+
 def _with_crash_points(spec: ConnectorSpec) -> ConnectorSpec:
+    if int(os.environ.get("CRASH_IN_TRANSACTION", "0")):
+        _crash_in_transaction(int(os.environ["CRASH_IN_TRANSACTION"]))
     after_flush = _countdown("CRASH_AFTER_FLUSHES")
     before_commit = _countdown("CRASH_BEFORE_DB_COMMIT")
     after_part = _countdown("CRASH_AFTER_UPLOAD_PARTS")
