@@ -18,10 +18,15 @@ def read_statuses(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[str
                          "enable.auto.commit": False, "enable.partition.eof": True})
     statuses: dict[str, dict[str, Any]] = {}
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
-        if metadata.topics[topic].error is not None:
-            raise SystemExit(f"status topic {topic} not found (is KAFKA_BOOTSTRAP_SERVERS right?)")
-        partitions = list(metadata.topics[topic].partitions)
+        deadline = time.monotonic() + timeout
+        while True:  # a just-created topic may answer LEADER_NOT_AVAILABLE for a moment
+            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            if metadata.error is None:
+                break
+            if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise SystemExit(f"status topic {topic} not found (is KAFKA_BOOTSTRAP_SERVERS right?)")
+            time.sleep(0.2)
+        partitions = list(metadata.partitions)
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         pending = set(partitions)
         deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ start no broker. Tests under ``tests/unit`` are marked ``unit``, tests under
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,7 +63,15 @@ def make_topic(kafka_admin) -> Callable[..., str]:  # type: ignore[no-untyped-de
             [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
         )
         futures[name].result(timeout=30)
-        return name
+        # Creation returns before every partition has a leader; tests must not race that.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metadata = kafka_admin.list_topics(name, timeout=10).topics[name]
+            if metadata.error is None and len(metadata.partitions) == partitions and all(
+                    p.leader >= 0 for p in metadata.partitions.values()):
+                return name
+            time.sleep(0.1)
+        raise TimeoutError(f"topic {name} has no leader after 30s")
 
     return create
 
