@@ -12,12 +12,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
+
+def _iana_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown IANA time zone") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_iana_zone)]
+"""A setting naming an IANA time zone (``Europe/Berlin``), checked at load time."""
 
 # Settings the runtime owns; any other KAFKA_* variable is a client property.
 _KAFKA_OWN = {"KAFKA_BOOTSTRAP_SERVERS"}

@@ -40,6 +40,10 @@ class ConfigError(PermanentError):
         self.problems = problems
 
 
+class TaskFailed(Exception):
+    """The task cannot go on: retries exhausted, errors.tolerance=none, DLQ limit, fenced."""
+
+
 _RETRIABLE_NAMES = {
     # httpx / httpcore
     "TimeoutException", "ConnectError", "ReadError", "WriteError", "RemoteProtocolError",

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+from common.errors import TaskFailed, is_retriable, safe_message
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,3 +35,28 @@ class RetryPolicy:
                 delay = min(delay, remaining)
             attempt += 1
             yield delay
+
+
+def call_with_retries(operation: Callable[[], T], policy: RetryPolicy, what: str, *,
+                      on_retry: Callable[[str, BaseException, float], None],
+                      wait: Callable[[float], bool]) -> T | None:
+    """Run ``operation``, retrying retriable failures by ``policy``.
+
+    ``on_retry(what, error, delay)`` reports each retry (status, metrics, log);
+    ``wait(delay)`` sleeps and returns True if the wait was cut short by a stop, in
+    which case None is returned. Permanent failures propagate; exhausted retries
+    raise :class:`TaskFailed`.
+    """
+    delays = policy.delays()
+    while True:
+        try:
+            return operation()
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            delay = next(delays, None)
+            if delay is None:
+                raise TaskFailed(f"{what} still failing after errors.retry.timeout: {safe_message(exc)}") from exc
+            on_retry(what, exc, delay)
+            if wait(delay):
+                return None

@@ -31,19 +31,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from common.config import SinkSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
-from common.errors import RetriableError, is_retriable, safe_message
+from common.errors import RetriableError, TaskFailed, safe_message
 from common.metrics import TaskMetrics
 from common.records import SinkRecord
-from common.retry import RetryPolicy
+from common.retry import RetryPolicy, call_with_retries
 from common.serde import Serde, make_serde
 from common.status import Control, StatusReporter, TaskState
 from common.task import SinkTask, TopicPartition as TP
 
 log = logging.getLogger(__name__)
-
-
-class TaskFailed(Exception):
-    """The task cannot go on (retries exhausted, tolerance none, DLQ limit)."""
 
 
 class _Abandoned(Exception):
@@ -217,8 +213,8 @@ class SinkWorker:
             self._revoked_while_delivering = False
             self.batch.clear()
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-        if self.status.state != TaskState.RUNNING and not self.control.paused.is_set():
-            self.status.set(TaskState.RUNNING)
+        if (self.status.state != TaskState.RUNNING or self.status.trace) and not self.control.paused.is_set():
+            self.status.set(TaskState.RUNNING)  # recovered: clears the retry trace
 
     def _positions(self) -> list[TopicPartition]:
         """Committable positions of the partitions that have something in this batch."""
@@ -277,27 +273,14 @@ class SinkWorker:
                 self._split(part, final if is_last else offsets)
 
     def _retrying(self, operation: Any, what: str) -> None:
-        delays = self.retry.delays()
-        while True:
-            try:
-                operation()
-                return
-            except (TaskFailed, _Abandoned):
-                raise
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                self.metrics.retries.inc()
-                self.metrics.last_error.set_to_current_time()
-                delay = next(delays, None)
-                if delay is None:
-                    raise TaskFailed(f"{what} still failing after errors.retry.timeout: {safe_message(exc)}") from exc
-                self.status.set(TaskState.RUNNING, trace=f"retrying {what}: {type(exc).__name__}: {safe_message(exc)}")
-                log.warning("%s failed, retrying in %.2fs: %s", what, delay, safe_message(exc),
-                            extra={"error_class": type(exc).__name__, "delay_s": round(delay, 3)})
-                self._wait_paused(delay)
+        call_with_retries(operation, self.retry, what, on_retry=self._on_retry, wait=self._wait_paused)
 
-    def _wait_paused(self, seconds: float) -> None:
+    def _on_retry(self, what: str, error: BaseException, delay: float) -> None:
+        self.metrics.retries.inc()
+        self.metrics.last_error.set_to_current_time()
+        self.status.retrying(what, error, delay)
+
+    def _wait_paused(self, seconds: float) -> bool:
         """Sleep while keeping group membership: partitions paused, consumer polled."""
         assignment = self.consumer.assignment()
         if assignment:
@@ -319,6 +302,7 @@ class SinkWorker:
             current = self.consumer.assignment()
             if current:
                 self.consumer.resume(current)
+        return False  # a stop does not cut a retry short: the batch must still be made durable
 
     # ------------------------------------------------------------- dead letters
     def _dead_letter_message(self, message: Message, error: BaseException, stage: str) -> None:

@@ -23,12 +23,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from common.config import SourceSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
-from common.errors import RetriableError, is_retriable, safe_message
+from common.errors import RetriableError, TaskFailed, is_retriable, safe_message
 from common.metrics import TaskMetrics
 from common.records import DeadLetter, SourceRecord
-from common.retry import RetryPolicy
+from common.retry import RetryPolicy, call_with_retries
 from common.serde import Serde, make_serde
-from common.sink_worker import TaskFailed
 from common.status import Control, StatusReporter, TaskState
 from common.task import SourceTask
 
@@ -147,26 +146,18 @@ class SourceWorker:
             self.task.stop()
 
     def _poll(self) -> Sequence[SourceRecord | DeadLetter]:
-        delays = self.retry.delays()
-        while True:
-            try:
-                batch = self.task.poll()
-                if self.status.trace:
-                    self.status.set(TaskState.RUNNING)
-                return batch
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                self.metrics.retries.inc()
-                self.metrics.last_error.set_to_current_time()
-                delay = next(delays, None)
-                if delay is None:
-                    raise TaskFailed(f"poll still failing after errors.retry.timeout: {safe_message(exc)}") from exc
-                self.status.set(TaskState.RUNNING, trace=f"retrying poll: {type(exc).__name__}: {safe_message(exc)}")
-                log.warning("poll failed, retrying in %.2fs: %s", delay, safe_message(exc),
-                            extra={"error_class": type(exc).__name__, "delay_s": round(delay, 3)})
-                if self.control.stop_requested.wait(delay):
-                    return []
+        batch = call_with_retries(self.task.poll, self.retry, "poll", on_retry=self._on_retry,
+                                  wait=self.control.stop_requested.wait)
+        if batch is None:
+            return []
+        if self.status.trace:
+            self.status.set(TaskState.RUNNING)
+        return batch
+
+    def _on_retry(self, what: str, error: BaseException, delay: float) -> None:
+        self.metrics.retries.inc()
+        self.metrics.last_error.set_to_current_time()
+        self.status.retrying(what, error, delay)
 
     def _write(self, batch: Sequence[SourceRecord | DeadLetter], context: SourceContext) -> None:
         latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}

@@ -71,6 +71,15 @@ class StatusReporter:
         log.info("task state %s", state.value, extra={"state": state.value})
         self._publish()
 
+    def retrying(self, what: str, error: BaseException, delay: float) -> None:
+        """A retriable failure: keep RUNNING but show why, and log it (no PHI)."""
+        from common.errors import safe_message
+
+        message = safe_message(error)
+        self.set(TaskState.RUNNING, trace=f"retrying {what}: {type(error).__name__}: {message}")
+        log.warning("%s failed, retrying in %.2fs: %s", what, delay, message,
+                    extra={"error_class": type(error).__name__, "delay_s": round(delay, 3)})
+
     def task_view(self) -> dict[str, Any]:
         view: dict[str, Any] = {"id": self.task_id, "state": self.state.value, "worker_id": self.worker_id}
         if self.trace:
