@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     processes: dict[str, subprocess.Popen[bytes]] = {}
     codes: dict[str, int] = {}
     ok = False
+    reader: TopicReader | None = None
     simulator = FhirSimulator()
     try:
         create_topics(bootstrap)
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         codes = {name: process.wait(60) for name, process in processes.items()}
         print("\nstopped (SIGTERM): " + ", ".join(f"{n} exit {c}" for n, c in codes.items()))
         simulator.stop()
+        if reader is not None:
+            reader.consumer.close()
         if broker is not None:
             broker.stop()
         if not args.keep and broker is not None:
