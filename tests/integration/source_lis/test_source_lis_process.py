@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -134,7 +134,8 @@ def test_sigkill_mid_transaction_then_restart_writes_every_result_exactly_once(
 
 def test_lis_answering_500_for_a_while_is_retried_and_nothing_is_lost_or_repeated(
         runtime: RuntimeEnv, topics: LisTopics, lis: FhirSimulator) -> None:
-    versions = generate(seed=42, reports=300)
+    # One version per report: a report re-versioned during a traversal is the next test's subject.
+    versions = generate(seed=42, reports=300, preliminary_share=0, correction_share=0)
     first, rest = versions[:150], versions[150:]
     lis.publish(first)
     seen_first = list(lis.current.values())
@@ -145,12 +146,14 @@ def test_lis_answering_500_for_a_while_is_retried_and_nothing_is_lost_or_repeate
     wait_for(lambda: len(_event_ids(runtime.bootstrap, topics.results)) >= _result_count(seen_first), 40,
              "the first half")
 
-    lis.faults.fail_next = 1_000_000  # the LIS is down: every request answers 500
+    with lis.faults.lock:  # the server's threads decrement the counter under this lock
+        lis.faults.fail_next = 1_000_000  # the LIS is down: every request answers 500
     lis.publish(rest)
     wait_for(lambda: any(t and "500" in t for t in _status_traces(runtime, name)), 20, "the retry in the status")
     requests_during_outage = lis.faults.requests
     wait_for(lambda: lis.faults.requests >= requests_during_outage + 3, 20, "more retries")
-    lis.faults.fail_next = 0  # recovered
+    with lis.faults.lock:
+        lis.faults.fail_next = 0  # recovered
 
     # Versions read before the outage stay (a preliminary later made final): both are events.
     seen = {(v.id, v.version): v for v in seen_first + list(lis.current.values())}
@@ -176,6 +179,45 @@ def test_updates_committed_late_with_an_older_last_updated_are_still_read_once(
     assert all(v.updated_ms < newest for v in late), "behind the connector's high-water mark"
     expected = before | lis.expected_event_ids()
     _assert_exactly_once(runtime, topics, expected, seen_results + _result_count(late))
+
+
+@pytest.mark.xfail(strict=True, reason="connectors/source_lis/fhir_client.py FhirPoller._accept advances the "
+                   "high-water mark to a version served on a later page of an older search; see the test")
+def test_a_report_re_versioned_during_a_traversal_does_not_hide_reports_committed_meanwhile(
+        runtime: RuntimeEnv, topics: LisTopics, lis: FhirSimulator) -> None:
+    """Servers page over the ids a search matched but serve each resource as it is when the page is
+    fetched (as the simulator does). A report finalised while the connector is between pages comes
+    back with a lastUpdated far ahead; reports committed in the meantime, with lastUpdated between
+    the old high-water mark and that one, are not in the old search and must be found by the next."""
+    versions = generate(seed=46, reports=40, preliminary_share=0, correction_share=0, cancel_share=0)
+    first, meanwhile = versions[:20], versions[20:]
+    lis.publish(first)
+    second_page_requested, release = threading.Event(), threading.Event()
+    render_page = lis.render_page
+
+    def hold_the_second_page(ids: list[str], token: str, start: int, count: int) -> bytes:
+        if start > 0 and not release.is_set():
+            second_page_requested.set()
+            release.wait(20)
+        return render_page(ids, token, start, count)
+
+    lis.render_page = hold_the_second_page  # type: ignore[method-assign]
+    runtime.start_real("source-lis", "live", **_fhir_env(lis, topics, FHIR_PAGE_SIZE=10, FHIR_OVERLAP_SECONDS=300))
+    assert second_page_requested.wait(30)
+    lis.publish(meanwhile)
+    lis.publish(replace(first[15], version=2, status="corrected",
+                        updated_ms=meanwhile[-1].updated_ms + 600_000))  # on the held page
+    release.set()
+    # Report 15's first version was on the held page: the current versions are exactly what can be read.
+    _assert_exactly_once(runtime, topics, lis.expected_event_ids(), _result_count(list(lis.current.values())),
+                         timeout=15)
+
+
+def _only(versions: list[SimReport]) -> FhirSimulator:
+    """A simulator that is never started: the expected event ids of just these versions."""
+    sim = FhirSimulator()
+    sim.publish(versions)
+    return sim
 
 
 # -- HL7 over MLLP -----------------------------------------------------------------------------------------
@@ -226,7 +268,9 @@ def test_hl7_resent_after_lost_acks_is_written_once_and_malformed_messages_are_d
 
 def test_replay_of_a_window_repeats_the_live_event_ids_with_the_header_and_leaves_the_live_cursor(
         runtime: RuntimeEnv, topics: LisTopics, lis: FhirSimulator) -> None:
-    lis.publish(generate(seed=45, reports=300))
+    # A data set starting at a random second: the window's replay connector name (its transactional.id)
+    # is this run's own, even with other runs on the same broker.
+    lis.publish(generate(seed=45, reports=300, start_ms=1_767_225_600_000 + random.randrange(10**7) * 1000))
     current = sorted(lis.current.values(), key=lambda v: v.updated_ms)
     env = _fhir_env(lis, topics)
     name = str(env["CONNECTOR_NAME"])
@@ -235,17 +279,13 @@ def test_replay_of_a_window_repeats_the_live_event_ids_with_the_header_and_leave
     live_ids = set(_event_ids(runtime.bootstrap, topics.results)) | set(_event_ids(runtime.bootstrap, topics.reports))
     cursor_before = _stored_cursor(runtime, name)
 
-    # The middle third; ``since`` moved back by a random number of seconds before the first report in
-    # it (nothing lies there) so the window's connector name, and transactional.id, are this test's own.
+    # The middle third of the reports.
     since_ms, until_ms = current[len(current) // 3].updated_ms, current[2 * len(current) // 3].updated_ms
     in_window = [v for v in current if since_ms <= v.updated_ms < until_ms]
-    before_window = max(v.updated_ms for v in current if v.updated_ms < since_ms)
-    since_ms = max(before_window + 1, since_ms - random.randint(0, since_ms - before_window - 1) // 1000 * 1000)
-    window = FhirSimulator()  # only to compute the event ids of the window's reports
-    window.publish(in_window)
+    window = _only(in_window)
     since, until = format_instant(since_ms), format_instant(until_ms)
-    replay = subprocess.run([sys.executable, "-m", "common", "replay", "source-lis", "--since", since, "--until", until],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **runtime.env(**env)},
+    command = [sys.executable, "-m", "common", "replay", "source-lis", "--since", since, "--until", until]
+    replay = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **runtime.env(**env)},
                             capture_output=True, timeout=50)
     assert replay.returncode == 0, replay.stderr.decode()[-2000:]
 
