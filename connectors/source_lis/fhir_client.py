@@ -22,6 +22,7 @@ a duplicate (same event id, skipped by sinks), never a loss.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -113,6 +114,12 @@ class FhirPoller:
         self.until_ms = until_ms
         self._origin = urlsplit(self.base_url)[:2]
         self._next_url: str | None = None
+        # When the current search was made (the server's Bundle.meta.lastUpdated, else our clock).
+        # Servers page over the ids a search matched but serve each resource as it is when its page
+        # is fetched: a report re-versioned mid-traversal comes back dated after the search, and
+        # letting it move the high-water mark would skip reports committed meanwhile (they were
+        # not in this search and are older than it). So the mark never passes the search's time.
+        self._search_time_ms: int | None = None
 
     @property
     def in_traversal(self) -> bool:
@@ -136,8 +143,12 @@ class FhirPoller:
         self._next_url = None
 
     def next_page(self) -> FhirPage:
+        new_search = self._next_url is None
+        requested_ms = int(time.time() * 1000)
         url = self._next_url or self.first_url()
         bundle = self._get(url)
+        if bundle is not None and new_search:
+            self._search_time_ms = _bundle_time(bundle, requested_ms)
         if bundle is None:
             # The server expired its paging cursor: continue with a new search from the high
             # water itself (not minus the overlap, which could hold more than a page and never
@@ -145,6 +156,7 @@ class FhirPoller:
             self._next_url = None
             bundle = self._get(self.first_url(max(self.cursor.high_ms, self.start_ms)))
             assert bundle is not None
+            self._search_time_ms = _bundle_time(bundle, requested_ms)
         return self._accept(bundle)
 
     def _get(self, url: str) -> dict[str, Any] | None:
@@ -176,6 +188,7 @@ class FhirPoller:
         cursor = self.cursor
         seen = cursor.seen
         high_ms, high_id = cursor.high_ms, cursor.high_id
+        bound = self._search_time_ms
         reports: list[dict[str, Any]] = []
         included: dict[str, dict[str, Any]] = {}
         for entry in bundle.get("entry") or ():
@@ -200,7 +213,10 @@ class FhirPoller:
             if previous is not None and previous[0] == version:
                 continue
             seen[rid] = [version, updated]
-            if (updated, rid) > (high_ms, high_id):
+            if bound is not None and updated > bound:
+                if bound > high_ms:  # see _search_time_ms: the next search re-reads from here
+                    high_ms, high_id = bound, ""
+            elif (updated, rid) > (high_ms, high_id):
                 high_ms, high_id = updated, rid
             reports.append(resource)
         cutoff = high_ms - self.overlap_ms
@@ -219,3 +235,11 @@ class FhirPoller:
                     raise PermanentError("FHIR next link points to another server")
                 return url
         return None
+
+
+def _bundle_time(bundle: dict[str, Any], fallback_ms: int) -> int:
+    """The instant a search was made: ``Bundle.meta.lastUpdated`` if the server gives it."""
+    try:
+        return parse_instant(bundle["meta"]["lastUpdated"])
+    except (KeyError, TypeError, ValueError):
+        return fallback_ms

@@ -34,14 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def replay_spec(window: ReplayWindow) -> ConnectorSpec:
-    """The connector spec of one replay window (same settings, a bounded task)."""
+def replay_spec(window: ReplayWindow, live_name: str = "source-lis") -> ConnectorSpec:
+    """The connector spec of one replay window (same settings, a bounded task), named after
+    the live connector so two LIS connectors replaying one window never share a cursor."""
 
     def factory(settings: Any) -> LisSourceTask:
         assert isinstance(settings, LisSettings)
         return LisSourceTask(settings, replay=window)
 
-    return ConnectorSpec(name=window.connector_name(), kind="source", settings=LisSettings, task_factory=factory,
+    return ConnectorSpec(name=window.connector_name(live_name), kind="source", settings=LisSettings, task_factory=factory,
                          description="bounded replay of the LIS source")
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
         if unknown:
             print(f"labconnect replay: --topic must be one of {sorted(known)}", file=sys.stderr)
             return EXIT_CONFIG
-    spec = replay_spec(window)
+    spec = replay_spec(window, settings.connector_name or "source-lis")
     # Beside the live connector in the same environment: its status port is the live one's.
     settings = settings.model_copy(update={"connector_name": spec.name, "status_port": None})
     configure_logging(settings, spec.name)

@@ -145,6 +145,7 @@ class FhirSimulator:
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, int], bytes] = {}
         self._pages: dict[str, list[str]] = {}
+        self._searched_at: dict[str, int] = {}
         self._server: ThreadingHTTPServer | None = None
         self.base_url = ""
 
@@ -238,6 +239,11 @@ class FhirSimulator:
                                               else bisect.bisect_left(keys, (upper, "")))
         return [k for _, k in keys[lo:hi]], count
 
+    def clock_ms(self) -> int:
+        """The simulated LIS's clock: the newest lastUpdated it has published."""
+        keys = self._sorted_keys()
+        return keys[-1][0] if keys else 0
+
     def render_page(self, ids: list[str], token: str, start: int, count: int) -> bytes:
         page_ids = ids[start:start + count]
         parts: list[bytes] = []
@@ -271,8 +277,12 @@ class FhirSimulator:
             links.append({"relation": "next",
                           "url": f"{self.base_url}/DiagnosticReport?_page={token}&_offset={start + count}"
                                  f"&_count={count}"})
-        head = json.dumps({"resourceType": "Bundle", "type": "searchset", "total": len(ids), "link": links},
-                          separators=(",", ":")).encode()
+        bundle_head: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "total": len(ids),
+                                       "link": links}
+        searched_at = self._searched_at.get(token)
+        if searched_at is not None:  # as a server does: when the search was made
+            bundle_head["meta"] = {"lastUpdated": iso(searched_at)}
+        head = json.dumps(bundle_head, separators=(",", ":")).encode()
         return head[:-1] + b',"entry":[' + b",".join(parts) + b"]}"
 
     # -- HTTP ------------------------------------------------------------------------------------------
@@ -311,6 +321,7 @@ class FhirSimulator:
                     ids, count = sim.search(params)
                     token, start = uuid.uuid4().hex, 0
                     sim._pages[token] = ids
+                    sim._searched_at[token] = sim.clock_ms()
                 body = sim.render_page(ids, token, start, count)
                 if sim.faults.page_delay_s:
                     time.sleep(sim.faults.page_delay_s)

@@ -181,8 +181,6 @@ def test_updates_committed_late_with_an_older_last_updated_are_still_read_once(
     _assert_exactly_once(runtime, topics, expected, seen_results + _result_count(late))
 
 
-@pytest.mark.xfail(strict=True, reason="connectors/source_lis/fhir_client.py FhirPoller._accept advances the "
-                   "high-water mark to a version served on a later page of an older search; see the test")
 def test_a_report_re_versioned_during_a_traversal_does_not_hide_reports_committed_meanwhile(
         runtime: RuntimeEnv, topics: LisTopics, lis: FhirSimulator) -> None:
     """Servers page over the ids a search matched but serve each resource as it is when the page is
