@@ -162,17 +162,23 @@ class SourceWorker:
     def _write(self, batch: Sequence[SourceRecord | DeadLetter], context: SourceContext) -> None:
         latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         written = 0
+        keys_by_identity: dict[int, str] = {}  # tasks share one partition dict across a batch
+
+        def partition_key(partition: dict[str, Any]) -> str:
+            key = keys_by_identity.get(id(partition))
+            if key is None:
+                key = keys_by_identity[id(partition)] = json.dumps(partition, separators=(",", ":"), sort_keys=True)
+            return key
+
         self.producer.begin_transaction()
         try:
             for item in batch:
                 if isinstance(item, DeadLetter):
                     self._dead_letter(item.payload, item.key, item.headers, item.stage, item.error)
                     if item.source_partition is not None and item.source_offset is not None:
-                        latest[json.dumps(item.source_partition, separators=(",", ":"), sort_keys=True)] = (
-                            item.source_partition, item.source_offset)
+                        latest[partition_key(item.source_partition)] = (item.source_partition, item.source_offset)
                     continue
-                latest[json.dumps(item.source_partition, separators=(",", ":"), sort_keys=True)] = (
-                    item.source_partition, item.source_offset)
+                latest[partition_key(item.source_partition)] = (item.source_partition, item.source_offset)
                 if item.value is None:
                     value = None
                 else:
