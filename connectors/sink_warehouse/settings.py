@@ -20,9 +20,10 @@ class WarehouseSettings(SinkSettings):
     """Where the warehouse lives, the file format and the time partitioning."""
 
     topics: str = Field("lab-results", description="Comma-separated topics to archive")
-    # Rotation: fewer, larger files than the runtime's defaults (scans favour big files).
-    flush_max_records: int = Field(200_000, ge=1)
-    flush_max_bytes: int = Field(128 * MIB, ge=1)
+    # Rotation: fewer, larger files than the runtime's defaults (scans favour big files),
+    # bounded so that a round's decoded records stay well under 500 MB of memory.
+    flush_max_records: int = Field(50_000, ge=1)
+    flush_max_bytes: int = Field(32 * MIB, ge=1)
     flush_max_age_ms: int = Field(600_000, ge=1)
     flush_idle_ms: int = Field(60_000, ge=1)
     warehouse_url: str = Field(
