@@ -293,6 +293,6 @@ def test_replay_of_a_window_repeats_the_live_event_ids_with_the_header_and_leave
     assert set(replayed) <= live_ids, "the same event ids as the live run"
     assert sum(replayed.values()) == len(window.expected_event_ids())
     assert _stored_cursor(runtime, name) == cursor_before, "the live cursor is untouched"
-    assert len(_stored_cursor(runtime, ReplayWindow.parse(since, until).connector_name())) == 1, \
+    assert len(_stored_cursor(runtime, ReplayWindow.parse(since, until).connector_name(name))) == 1, \
         "the replay keeps its own cursor"
 
