@@ -165,3 +165,21 @@ def test_two_instances_share_partitions_and_one_takes_over_when_the_other_is_kil
     assert assigned_counts(runtime.log("b"))[-1] == 4
     survivor_pids = count(db, "SELECT count(DISTINCT pid) FROM deliveries")
     assert survivor_pids == 2
+
+
+def test_a_failed_task_restarts_itself_with_backoff_and_reports_it(
+        runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    topic = make_topic("results")
+    poison = lab_result(3)
+    poison["result_value"] = "POISON"
+    produce(runtime.bootstrap, topic, [("p0", lab_result(0)), ("p3", poison)])
+    db = runtime.tmp / "sink.db"
+    process = runtime.start("recording-sink", "sink", TOPICS=topic, CONNECTOR_NAME=f"restart-{topic}",
+                            RECORDING_DB=db, ERRORS_TOLERANCE="none", RESTART_BACKOFF_MAX_MS=1000)
+    wait_for(lambda: runtime.log("sink").count("restarting the task") >= 2, 60, "two restarts")
+    assert process.poll() is None, "the process keeps restarting its task instead of exiting"
+    states = [json.loads(line).get("state") for line in runtime.log("sink").splitlines()
+              if line.startswith("{") and "task state" in line]
+    assert "FAILED" in states and "RESTARTING" in states
+    assert count(db, "SELECT count(*) FROM effects WHERE offset = 1") == 0, "the poison record is never applied"
+    assert "POISON" not in runtime.log("sink")
