@@ -125,7 +125,7 @@ class SinkWorker:
         self.status.set(TaskState.RUNNING)
         s = self.settings
         try:
-            while not self.control.stop_requested.is_set():
+            while not self.control.task_should_end():
                 if self.control.paused.is_set():
                     self._pause_loop()
                     continue
@@ -378,7 +378,7 @@ class SinkWorker:
         assignment = self.consumer.assignment()
         if assignment:
             self.consumer.pause(assignment)
-        while self.control.paused.is_set() and not self.control.stop_requested.is_set():
+        while self.control.paused.is_set() and not self.control.task_should_end():
             self.consumer.consume(1, timeout=0.2)
             self._raise_callback_error()
         current = self.consumer.assignment()

@@ -131,11 +131,13 @@ class SourceWorker:
         self.task.start(context)
         self.status.set(TaskState.RUNNING)
         try:
-            while not self.control.stop_requested.is_set():
+            while not self.control.task_should_end():
                 if self.control.paused.is_set():
                     self.status.set(TaskState.PAUSED)
-                    self.control.stop_requested.wait(0.2)
+                    self.control.wait_for_change(0.2)
                     continue
+                if self.status.state == TaskState.PAUSED:
+                    self.status.set(TaskState.RUNNING)
                 batch = self._poll()
                 if batch:
                     self._write(batch, context)
@@ -147,12 +149,21 @@ class SourceWorker:
 
     def _poll(self) -> Sequence[SourceRecord | DeadLetter]:
         batch = call_with_retries(self.task.poll, self.retry, "poll", on_retry=self._on_retry,
-                                  wait=self.control.stop_requested.wait)
+                                  wait=self._wait_unless_ending)
         if batch is None:
             return []
         if self.status.trace:
             self.status.set(TaskState.RUNNING)
         return batch
+
+    def _wait_unless_ending(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self.control.task_should_end():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.control.wait_for_change(remaining)
+        return True
 
     def _on_retry(self, what: str, error: BaseException, delay: float) -> None:
         self.metrics.retries.inc()

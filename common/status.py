@@ -34,15 +34,46 @@ class TaskState(str, enum.Enum):
 
 
 class Control:
-    """What an operator asked for: pause/resume/stop/restart, read by the worker loop."""
+    """What an operator asked for, read by the worker loop (Kafka Connect's target states).
+
+    ``stop_requested``: leave the process (SIGTERM). ``paused``: keep the task, fetch
+    nothing. ``halted``: stop the task (flush, commit, close) but keep the process and its
+    status endpoint until resumed. ``restart_requested``: stop the task and start a new one.
+    """
 
     def __init__(self) -> None:
         self.stop_requested = threading.Event()
         self.paused = threading.Event()
+        self.halted = threading.Event()
         self.restart_requested = threading.Event()
+        self._changed = threading.Event()
 
     def request_stop(self) -> None:
         self.stop_requested.set()
+        self._changed.set()
+
+    def halt(self) -> None:
+        self.halted.set()
+        self._changed.set()
+
+    def resume(self) -> None:
+        self.paused.clear()
+        self.halted.clear()
+        self._changed.set()
+
+    def restart(self) -> None:
+        self.restart_requested.set()
+        self._changed.set()
+
+    def task_should_end(self) -> bool:
+        """The running task must flush, commit and return."""
+        return self.stop_requested.is_set() or self.halted.is_set() or self.restart_requested.is_set()
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; True if an operator request arrived meanwhile."""
+        changed = self._changed.wait(timeout)
+        self._changed.clear()
+        return changed
 
 
 class StatusReporter:
@@ -149,8 +180,8 @@ def serve_http(port: int, reporter: StatusReporter, control: Control) -> Threadi
                 self._json(404, {"error_code": 404, "message": "not found"})
 
         def do_PUT(self) -> None:  # noqa: N802
-            actions = {f"{base}/pause": control.paused.set, f"{base}/resume": control.paused.clear,
-                       f"{base}/stop": control.request_stop}
+            actions = {f"{base}/pause": control.paused.set, f"{base}/resume": control.resume,
+                       f"{base}/stop": control.halt}
             action = actions.get(self.path.split("?", 1)[0].rstrip("/"))
             if action is None:
                 self._json(404, {"error_code": 404, "message": "not found"})
@@ -160,7 +191,7 @@ def serve_http(port: int, reporter: StatusReporter, control: Control) -> Threadi
 
         def do_POST(self) -> None:  # noqa: N802
             if self.path.split("?", 1)[0].rstrip("/") == f"{base}/restart":
-                control.restart_requested.set()
+                control.restart()
                 self._send(202, b"")
             else:
                 self._json(404, {"error_code": 404, "message": "not found"})

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from types import FrameType
 
@@ -60,12 +61,23 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
     server = serve_http(settings.status_port, status, control) if settings.status_port is not None else None
     restarts = RetryPolicy(-1, settings.restart_backoff_max_ms, initial_delay_ms=1000).delays()
     try:
-        while True:
+        while not control.stop_requested.is_set():
+            if control.halted.is_set():  # PUT .../stop: no task until resumed
+                status.set(TaskState.STOPPED)
+                control.wait_for_change(1.0)
+                continue
+            control.restart_requested.clear()
             task = spec.task_factory(settings)
             worker = _make_worker(spec, settings, task, status, control, name, extra_headers)
             try:
                 worker.run()
-                return 0
+                if control.restart_requested.is_set():
+                    log.info("restarting the task on request")
+                    status.set(TaskState.RESTARTING)
+                    continue
+                if control.halted.is_set():
+                    continue
+                return 0  # stopped by a signal, or a bounded task (a replay) is done
             except ConfigError as error:
                 # Bad configuration found at start (a missing migration, an unreadable price list):
                 # restarting cannot help, so exit 2 like any other configuration problem.
@@ -82,11 +94,12 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
                     return 1
             delay = next(restarts)
             log.info("restarting the task in %.1fs", delay)
-            if control.stop_requested.wait(delay):
-                return 0
-            if control.restart_requested.is_set():
-                control.restart_requested.clear()
-            status.set(TaskState.RESTARTING)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not control.task_should_end():
+                control.wait_for_change(deadline - time.monotonic())
+            if not control.stop_requested.is_set():
+                status.set(TaskState.RESTARTING)
+        return 0
     finally:
         status.close()
         if server is not None:

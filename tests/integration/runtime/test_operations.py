@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ from confluent_kafka import Producer
 
 from common.dlq import HEADER_PREFIX, DeadLetterQueue
 from common.status_view import read_statuses
-from tests.integration.conftest import RuntimeEnv
-from tests.support.kafka_helpers import ROOT, consume_all, wait_for
+from tests.integration.conftest import RuntimeEnv, count
+from tests.support.kafka_helpers import ROOT, consume_all, produce, wait_for
+from tests.support.test_connectors import lab_result
 
 
 def _labconnect(*args: str) -> subprocess.CompletedProcess[str]:
@@ -65,3 +67,48 @@ def test_dead_letters_are_shown_and_redriven_once(runtime: RuntimeEnv, make_topi
     headers = dict(redriven[0].headers())
     assert headers["trace"] == b"t" and not any(k.startswith(HEADER_PREFIX) for k in headers)
     assert redriven[0].timestamp()[1] == original_ts
+
+
+def test_pause_resume_restart_and_stop_over_http(runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    import httpx
+
+    from devstack.ports import free_port
+
+    topic = make_topic("results")
+    port = free_port()
+    name = f"http-{topic}"
+    db = runtime.tmp / "db.sqlite"
+    process = runtime.start("recording-sink", "sink", TOPICS=topic, CONNECTOR_NAME=name, RECORDING_DB=db,
+                            STATUS_PORT=port, FLUSH_IDLE_MS=200)
+    base = f"http://127.0.0.1:{port}/connectors/{name}"
+
+    def state() -> str:
+        try:
+            return str(httpx.get(f"{base}/status", timeout=2).json()["tasks"][0]["state"])
+        except httpx.HTTPError:
+            return "?"
+
+    wait_for(lambda: state() == "RUNNING", 60, "RUNNING")
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    assert "labconnect_sink_record_read" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+
+    assert httpx.put(f"{base}/pause").status_code == 202
+    wait_for(lambda: state() == "PAUSED", 20, "PAUSED")
+    produce(runtime.bootstrap, topic, [("p1", lab_result(1))])
+    time.sleep(1.5)
+    assert count(db, "SELECT count(*) FROM effects") == 0, "a paused task fetches nothing"
+    httpx.put(f"{base}/resume")
+    wait_for(lambda: count(db, "SELECT count(*) FROM effects") == 1, 20, "delivered after resume")
+
+    assert httpx.post(f"{base}/restart").status_code == 202
+    wait_for(lambda: "restarting the task on request" in runtime.log("sink"), 20, "restart")
+    wait_for(lambda: state() == "RUNNING", 30, "RUNNING after the restart")
+
+    httpx.put(f"{base}/stop")
+    wait_for(lambda: state() == "STOPPED", 20, "STOPPED")
+    assert process.poll() is None, "stop keeps the process (and its status) alive"
+    produce(runtime.bootstrap, topic, [("p2", lab_result(2))])
+    httpx.put(f"{base}/resume")
+    wait_for(lambda: count(db, "SELECT count(*) FROM effects") == 2, 30, "delivered after resume from STOPPED")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
