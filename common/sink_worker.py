@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from common.config import SinkSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
-from common.errors import RetriableError, TaskFailed, safe_message
+from common.errors import TaskFailed, safe_message
 from common.metrics import TaskMetrics
 from common.records import SinkRecord
 from common.retry import RetryPolicy, call_with_retries
@@ -116,6 +116,7 @@ class SinkWorker:
         self._revoked_while_delivering = False
         self._callback_error: BaseException | None = None
         self._assigned: list[TopicPartition] = []
+        self._shutdown_deadline = float("inf")  # set when a shutdown begins
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -292,10 +293,10 @@ class SinkWorker:
                 if remaining <= 0:
                     break
                 messages = self.consumer.consume(1, timeout=min(remaining, 0.2))
-                if messages:  # cannot happen while paused, but never drop a record silently
-                    raise RetriableError("received records while paused")
                 if self._revoked_while_delivering:
                     raise _Abandoned()
+                if messages:  # a partition assigned meanwhile is not paused: fetch it again later
+                    self._rewind(messages)
                 if self.control.stop_requested.is_set() and self._past_shutdown_deadline():
                     raise TaskFailed("shutdown timeout reached while retrying")
         finally:
@@ -379,18 +380,30 @@ class SinkWorker:
         if assignment:
             self.consumer.pause(assignment)
         while self.control.paused.is_set() and not self.control.task_should_end():
-            self.consumer.consume(1, timeout=0.2)
+            messages = self.consumer.consume(1, timeout=0.2)
             self._raise_callback_error()
+            if messages:  # from a partition assigned during the pause
+                self._rewind(messages)
         current = self.consumer.assignment()
         if current:
             self.consumer.resume(current)
         self.status.set(TaskState.RUNNING)
 
+    def _rewind(self, messages: list[Message]) -> None:
+        """Seek back to records fetched while paused (so none is skipped) and pause their partitions."""
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                first.setdefault((message.topic(), message.partition()), message.offset())
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+
     # ---------------------------------------------------------------- shutdown
     def _past_shutdown_deadline(self) -> bool:
         return time.monotonic() > self._shutdown_deadline
-
-    _shutdown_deadline = float("inf")
 
     def _shutdown(self) -> None:
         """Stop fetching, flush, commit, leave the group."""
