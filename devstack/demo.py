@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class TopicReader:
             assignment += [TopicPartition(topic, p, 0) for p in metadata.partitions]
         self.consumer.assign(assignment)
         self.counts = {topic: 0 for topic in topics}
+        self.event_topics = set(topics[:2])  # results and reports carry event ids
         self.event_ids: set[str] = set()
         from common.serde import SingleObjectSerde
 
@@ -65,7 +67,7 @@ class TopicReader:
                 if message.error():
                     continue
                 self.counts[message.topic()] += 1
-                if message.topic() in ("lab-results", "lab-reports"):
+                if message.topic() in self.event_topics:
                     self.event_ids.add(self.serde.decode(message.value())[0]["event_id"])
 
 
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from common.topics import create_topics
+    from common.topics import STANDARD_TOPICS, TopicSpec, create_topics
     from devstack.lis_simulator.dataset import generate
     from devstack.lis_simulator.fhir_server import FhirSimulator
 
@@ -128,32 +130,42 @@ def main(argv: list[str] | None = None) -> int:
     reader: TopicReader | None = None
     simulator = FhirSimulator()
     try:
-        create_topics(bootstrap)
+        # On a shared cluster the demo's topics and connector names are its own, so an earlier
+        # run's data and offsets cannot mix with this one's.
+        prefix = "" if broker is not None else f"demo-{uuid.uuid4().hex[:6]}-"
+        names = {t.name: prefix + t.name for t in STANDARD_TOPICS}
+        create_topics(bootstrap, tuple(TopicSpec(names[t.name], t.partitions, t.config) for t in STANDARD_TOPICS))
+        results, reports = names["lab-results"], names["lab-reports"]
         base_url = simulator.start(0)
         simulator.publish(generate(seed=7, reports=args.reports))
         expected = simulator.result_count()
         print(f"LIS simulator: {args.reports} reports, {expected} results at {base_url}")
 
-        common = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FLUSH_MAX_AGE_MS": "2000", "FLUSH_IDLE_MS": "1000"}
+        common = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FLUSH_MAX_AGE_MS": "2000", "FLUSH_IDLE_MS": "1000",
+                  "ERRORS_DEADLETTERQUEUE_TOPIC_NAME": names["dead-letter"],
+                  "OFFSET_STORAGE_TOPIC": names["connect-offsets"], "STATUS_TOPIC": names["connect-status"]}
         processes["source-lis"] = _connector("source-lis", {**common, "LIS_MODE": "fhir", "FHIR_BASE_URL": base_url,
+                                                            "CONNECTOR_NAME": prefix + "source-lis",
+                                                            "RESULTS_TOPIC": results, "REPORTS_TOPIC": reports,
+                                                            "PATIENTS_TOPIC": names["patients"],
                                                             "FHIR_POLL_INTERVAL_MS": "1000"})
         processes["sink-billing"] = _connector("sink-billing", {
-            **common, "BILLING_DATABASE_URL": f"sqlite:///{WORK / 'billing.db'}"})
+            **common, "CONNECTOR_NAME": prefix + "sink-billing", "TOPICS": reports, "BILLING_DATABASE_URL": f"sqlite:///{WORK / 'billing.db'}"})
         processes["sink-warehouse"] = _connector("sink-warehouse", {
-            **common, "WAREHOUSE_URL": f"file://{WORK / 'warehouse'}"})
+            **common, "CONNECTOR_NAME": prefix + "sink-warehouse", "TOPICS": results, "WAREHOUSE_URL": f"file://{WORK / 'warehouse'}"})
 
-        reader = TopicReader(bootstrap, ["lab-results", "lab-reports", "patients", "dead-letter"])
+        reader = TopicReader(bootstrap, [results, reports, names["patients"], names["dead-letter"]])
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             reader.poll()
             rows = _warehouse_summary(WORK / "warehouse").get("rows", 0)
-            print(f"\r  lab-results {reader.counts['lab-results']:>7}/{expected}   warehouse rows {rows:>7}",
+            print(f"\r  lab-results {reader.counts[results]:>7}/{expected}   warehouse rows {rows:>7}",
                   end="", flush=True)
             dead = [n for n, p in processes.items() if p.poll() is not None]
             if dead:
                 print(f"\nconnector(s) exited early: {', '.join(dead)} — see .demo/logs/")
                 return 1
-            if reader.counts["lab-results"] >= expected and rows >= expected:
+            if reader.counts[results] >= expected and rows >= expected:
                 break
             time.sleep(1)
         print()
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         reader.poll()
         print("\nKafka topics (records a read_committed consumer sees):")
         for topic, n in reader.counts.items():
-            print(f"  {topic:<12} {n:>8}")
+            print(f"  {topic:<28} {n:>8}")
         print("Billing database (.demo/billing.db):")
         for key, value in _billing_summary(WORK / "billing.db").items():
             print(f"  {key:<16} {value}")
@@ -170,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in _warehouse_summary(WORK / "warehouse").items():
             print(f"  {key:<16} {value}")
         print()
-        subprocess.run([sys.executable, "-m", "common", "status", "--bootstrap", bootstrap], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "common", "status", "--bootstrap", bootstrap,
+                        "--topic", names["connect-status"]], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         warehouse = _warehouse_summary(WORK / "warehouse")
-        ok = (reader.counts["lab-results"] == expected and reader.event_ids == simulator.expected_event_ids()
+        ok = (reader.counts[results] == expected and reader.event_ids == simulator.expected_event_ids()
               and warehouse.get("rows") == warehouse.get("distinct offsets") == expected)
     finally:
         for process in processes.values():
