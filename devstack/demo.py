@@ -71,6 +71,20 @@ class TopicReader:
                     self.event_ids.add(self.serde.decode(message.value())[0]["event_id"])
 
 
+def _later_changes(versions: list[Any], released: list[Any], after_ms: int) -> list[Any]:
+    """The generated corrections, plus a cancellation of every 40th final report, dated
+    after everything released so far (the LIS's clock moves on)."""
+    from dataclasses import replace
+
+    corrections = [v for v in versions if v.status == "corrected"]
+    corrected = {v.id for v in corrections}
+    # A report corrected and cancelled in one stage would show the LIS's poller only its
+    # cancellation (the corrected version is superseded before any poll sees it).
+    cancellations = [replace(v, status="cancelled", version=v.version + 1, results=())
+                     for v in released[::40] if v.status == "final" and v.id not in corrected]
+    return [replace(v, updated_ms=after_ms + 1000 + 10 * i) for i, v in enumerate(corrections + cancellations)]
+
+
 def _billing_summary(db: Path) -> dict[str, Any]:
     if not db.exists():
         return {}
@@ -83,7 +97,8 @@ def _billing_summary(db: Path) -> dict[str, Any]:
         return {
             "charges": one("SELECT count(*) FROM billing_charges"),
             "ledger rows": one("SELECT count(*) FROM billing_ledger"),
-            "reversals": one("SELECT count(*) FROM billing_ledger WHERE amount < 0"),
+            "corrections": one("SELECT count(*) FROM billing_ledger WHERE entry_type = 'correction'"),
+            "reversals": one("SELECT count(*) FROM billing_ledger WHERE entry_type = 'reversal'"),
             "unpriced events": one("SELECT count(*) FROM billing_unpriced_events"),
         }
 
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from common.topics import STANDARD_TOPICS, TopicSpec, create_topics
-    from devstack.lis_simulator.dataset import generate
+    from devstack.lis_simulator.dataset import generate, latest
     from devstack.lis_simulator.fhir_server import FhirSimulator
 
     shutil.rmtree(WORK, ignore_errors=True)
@@ -137,9 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         create_topics(bootstrap, tuple(TopicSpec(names[t.name], t.partitions, t.config) for t in STANDARD_TOPICS))
         results, reports = names["lab-results"], names["lab-reports"]
         base_url = simulator.start(0)
-        simulator.publish(generate(seed=7, reports=args.reports))
-        expected = simulator.result_count()
-        print(f"LIS simulator: {args.reports} reports, {expected} results at {base_url}")
+        # Two stages, as a lab's day goes: first every report as released (final, or
+        # cancelled), later corrections and cancellations of some final reports.
+        versions = generate(seed=7, reports=args.reports)
+        released = list(latest([v for v in versions if v.status != "corrected"]).values())
+        simulator.publish(released)
+        later = _later_changes(versions, released, simulator.clock_ms())
+        expected = sum(len(v.results) for v in released + later)
+        print(f"LIS simulator: {args.reports} reports at {base_url}; "
+              f"{len(later)} corrections and cancellations follow once the first stage is in")
 
         common = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FLUSH_MAX_AGE_MS": "2000", "FLUSH_IDLE_MS": "1000",
                   "ERRORS_DEADLETTERQUEUE_TOPIC_NAME": names["dead-letter"],
@@ -165,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             if dead:
                 print(f"\nconnector(s) exited early: {', '.join(dead)} — see .demo/logs/")
                 return 1
-            if reader.counts[results] >= expected and rows >= expected:
+            if later and reader.counts[reports] >= len(released):
+                simulator.publish(later)
+                later = []
+            if not later and reader.counts[results] >= expected and rows >= expected:
                 break
             time.sleep(1)
         print()
@@ -186,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--topic", names["connect-status"]], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         warehouse = _warehouse_summary(WORK / "warehouse")
-        ok = (reader.counts[results] == expected and reader.event_ids == simulator.expected_event_ids()
+        ok = (reader.counts[results] == expected and reader.event_ids == simulator.expected_event_ids(history=True)
               and warehouse.get("rows") == warehouse.get("distinct offsets") == expected)
     finally:
         for process in processes.values():
