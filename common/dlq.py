@@ -90,6 +90,7 @@ class DeadLetterQueue:
         self.with_context = context_headers
         self.sent = 0
         self._delivery_errors: list[str] = []
+        self._failed: list[dict[str, Any]] = []  # rejected by the broker: produced again on flush
 
     def send(self, *, key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int | None,
              origin_topic: str, partition: int, offset: int, stage: str, class_name: str,
@@ -100,22 +101,33 @@ class DeadLetterQueue:
                 topic=origin_topic, partition=partition, offset=offset, connector=self.connector,
                 task_id=self.task_id, stage=stage, class_name=class_name, error=error,
             )
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": all_headers, "on_delivery": self._delivered}
+        message: dict[str, Any] = {"key": key, "value": value, "headers": all_headers}
         if timestamp_ms:
-            kwargs["timestamp"] = timestamp_ms
-        self.producer.produce(self.topic, **kwargs)
-        self.producer.poll(0)
+            message["timestamp"] = timestamp_ms
+        self._produce(message)
         self.sent += 1
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
+    def _produce(self, message: dict[str, Any]) -> None:
+        self.producer.produce(self.topic, **message, on_delivery=lambda err, _msg: self._delivered(err, message))
+        self.producer.poll(0)
+
+    def _delivered(self, err: Any, message: dict[str, Any]) -> None:
         if err is not None:
-            self._delivery_errors.append(str(err))
+            self._failed.append(message)
+            self._delivery_errors.append(err.name() if hasattr(err, "name") else type(err).__name__)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until every dead letter is acknowledged; raise if one was not."""
+        """Block until every dead letter is acknowledged; raise if one was not.
+
+        A dead letter the broker rejected is kept and produced again by the next flush
+        (the caller retries): the offsets past it are committed only once it is stored."""
+        from common.errors import RetriableError
+
+        failed, self._failed = self._failed, []
+        for message in failed:
+            self._produce(message)
         remaining = self.producer.flush(timeout)
         if remaining or self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
-            from common.errors import RetriableError
-
-            raise RetriableError(f"dead-letter queue write failed ({remaining} pending, {len(errors)} errors)")
+            raise RetriableError(f"dead-letter queue write failed ({remaining} pending, "
+                                 f"{len(errors)} rejected: {', '.join(sorted(set(errors)))})")

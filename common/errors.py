@@ -63,6 +63,8 @@ def is_retriable(error: BaseException) -> bool:
         return False
     if isinstance(error, (ConnectionError, TimeoutError, socket.timeout)):
         return True
+    if type(error).__name__ == "KafkaException" and error.args and hasattr(error.args[0], "retriable"):
+        error = error.args[0]  # confluent_kafka.KafkaException wraps the KafkaError
     retriable_attr = getattr(error, "retriable", None)  # confluent_kafka.KafkaError
     if callable(retriable_attr):
         try:

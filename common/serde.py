@@ -190,10 +190,7 @@ class RegistrySerde:
         try:
             return serializer(value, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:
-            if type(exc).__name__ in ("SchemaRegistryError",) and getattr(exc, "http_status_code", 0) >= 500:
-                from common.errors import RetriableError
-
-                raise RetriableError(f"schema registry unavailable ({exc.http_status_code})") from None
+            _raise_if_registry_unavailable(exc)
             raise SerializationError(f"cannot serialize for {topic}: {type(exc).__name__}") from None
 
     def _schema_file(self, schema_name: str) -> Path:
@@ -207,7 +204,11 @@ class RegistrySerde:
     def _writer(self, schema_id: int) -> dict[str, Any]:
         writer = self._writers.get(schema_id)
         if writer is None:
-            registered = self.client.get_schema(schema_id)
+            try:
+                registered = self.client.get_schema(schema_id)
+            except Exception as exc:
+                _raise_if_registry_unavailable(exc)
+                raise SerializationError(f"unknown writer schema id {schema_id}: {type(exc).__name__}") from None
             writer = self._writers[schema_id] = fastavro.parse_schema(json.loads(registered.schema_str))
         return writer
 
@@ -225,6 +226,20 @@ class RegistrySerde:
 
     def writer_schema(self, ref: str) -> dict[str, Any]:
         return self._writer(int(ref[3:]))
+
+
+def _raise_if_registry_unavailable(exc: Exception) -> None:
+    """A registry that cannot answer (network, timeout, 5xx, 429) is not the record's fault:
+    raise RetriableError so the record is retried rather than dead-lettered."""
+    from common.errors import RetriableError, is_retriable
+
+    status = getattr(exc, "http_status_code", None)
+    if type(exc).__name__ == "SchemaRegistryError" and isinstance(status, int):
+        if status >= 500 or status == 429:
+            raise RetriableError(f"schema registry unavailable ({status})") from None
+        return
+    if is_retriable(exc):
+        raise RetriableError(f"schema registry unreachable ({type(exc).__name__})") from None
 
 
 def make_serde(schema_registry_url: str | None, auto_register: bool = True) -> SingleObjectSerde | RegistrySerde:

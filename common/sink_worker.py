@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from common.config import SinkSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
-from common.errors import TaskFailed, safe_message
+from common.errors import TaskFailed, is_retriable, safe_message
 from common.metrics import TaskMetrics
 from common.records import SinkRecord
 from common.retry import RetryPolicy, call_with_retries
@@ -154,9 +154,8 @@ class SinkWorker:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(error)
+                _check_consumer_error(error)
+                continue
             topic = message.topic()
             raw_value = message.value()
             raw_key = message.key()
@@ -166,8 +165,14 @@ class SinkWorker:
                 try:
                     value, schema_ref = decode(raw_value, readers.get(topic))
                 except Exception as exc:
-                    self._dead_letter_message(message, exc, "VALUE_CONVERTER")
-                    continue
+                    if not is_retriable(exc):
+                        self._dead_letter_message(message, exc, "VALUE_CONVERTER")
+                        continue
+                    # Not the record's fault (e.g. the schema registry is down): retry it.
+                    decoded = self._retrying(lambda: decode(raw_value, readers.get(topic)), "value decode")
+                    if decoded is None:
+                        raise TaskFailed("value decode abandoned") from exc
+                    value, schema_ref = decoded
             try:
                 key = raw_key.decode() if raw_key is not None else None
             except UnicodeDecodeError as exc:
@@ -202,6 +207,8 @@ class SinkWorker:
         try:
             if records:
                 self._deliver(records, offsets)
+            elif offsets:  # only dead letters: a sink that owns its offsets must move them too
+                self._put_and_flush([], {(tp.topic, tp.partition): tp.offset for tp in offsets})
             self._retrying(self.dlq.flush, "dead-letter flush")
             if offsets:
                 self._retrying(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), "offset commit")
@@ -232,6 +239,8 @@ class SinkWorker:
         try:
             self._put_and_flush(records, final)
             self.budget.record_valid(len(records))
+        except (TaskFailed, _Abandoned):
+            raise
         except Exception as exc:
             if self.settings.errors_tolerance == "none":
                 raise TaskFailed(f"put failed and errors.tolerance=none: {safe_message(exc)}") from exc
@@ -251,30 +260,48 @@ class SinkWorker:
         self._retrying(attempt, "put/flush")
         self.metrics.sink_record_send.inc(len(records))
 
-    def _split(self, records: Sequence[SinkRecord], final: dict[TP, int]) -> None:
+    def _split(self, records: Sequence[SinkRecord], final: dict[TP, int], last: bool = True) -> None:
+        """Deliver ``records`` in halves until the poison records are isolated and dead-lettered.
+
+        Every part that becomes durable (and every dead letter) is committed at once: a crash
+        in the middle of a split then resumes exactly at a part boundary, so a sink whose
+        output is named by its first offset never leaves overlapping outputs behind."""
         if len(records) == 1:
             record = records[0]
+            offsets = _offsets_through(records, final, last=last)
             try:
-                self._put_and_flush(records, _offsets_through(records, final, last=True))
+                self._put_and_flush(records, offsets)
                 self.budget.record_valid()
             except (TaskFailed, _Abandoned):
                 raise
             except Exception as exc:
                 self._dead_letter_record(record, exc, "TASK_PUT")
+                self._put_and_flush([], offsets)  # a sink that owns its offsets moves past it too
+            self._commit(offsets)
             return
         middle = len(records) // 2
         for part, is_last in ((records[:middle], False), (records[middle:], True)):
-            offsets = _offsets_through(part, final, last=is_last)
+            part_is_last = last and is_last
+            offsets = _offsets_through(part, final, last=part_is_last)
             try:
                 self._put_and_flush(part, offsets)
                 self.budget.record_valid(len(part))
             except (TaskFailed, _Abandoned):
                 raise
             except Exception:
-                self._split(part, final if is_last else offsets)
+                self._split(part, final, last=part_is_last)
+                continue
+            self._commit(offsets)
 
-    def _retrying(self, operation: Any, what: str) -> None:
-        call_with_retries(operation, self.retry, what, on_retry=self._on_retry, wait=self._wait_paused)
+    def _commit(self, offsets: dict[TP, int]) -> None:
+        """Commit what is durable: dead letters first, then the consumer positions."""
+        self._retrying(self.dlq.flush, "dead-letter flush")
+        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        if positions:
+            self._retrying(lambda: self.consumer.commit(offsets=positions, asynchronous=False), "offset commit")
+
+    def _retrying(self, operation: Any, what: str) -> Any:
+        return call_with_retries(operation, self.retry, what, on_retry=self._on_retry, wait=self._wait_paused)
 
     def _on_retry(self, what: str, error: BaseException, delay: float) -> None:
         self.metrics.retries.inc()
@@ -293,10 +320,10 @@ class SinkWorker:
                 if remaining <= 0:
                     break
                 messages = self.consumer.consume(1, timeout=min(remaining, 0.2))
-                if self._revoked_while_delivering:
-                    raise _Abandoned()
                 if messages:  # a partition assigned meanwhile is not paused: fetch it again later
                     self._rewind(messages)
+                if self._revoked_while_delivering:
+                    raise _Abandoned()
                 if self.control.stop_requested.is_set() and self._past_shutdown_deadline():
                     raise TaskFailed("shutdown timeout reached while retrying")
         finally:
@@ -363,6 +390,9 @@ class SinkWorker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (not revoked): someone else may own them already; committing is unsafe.
+        if self._delivering:  # a retrying delivery must give up, not write for the new owner
+            self._revoked_while_delivering = True
+            return
         self.task.abort()
         self.batch.clear()
         self._assigned = []
@@ -393,8 +423,11 @@ class SinkWorker:
         """Seek back to records fetched while paused (so none is skipped) and pause their partitions."""
         first: dict[tuple[str, int], int] = {}
         for message in messages:
-            if message.error() is None:
+            error = message.error()
+            if error is None:
                 first.setdefault((message.topic(), message.partition()), message.offset())
+            else:
+                _check_consumer_error(error)
         for (topic, partition), offset in first.items():
             self.consumer.seek(TopicPartition(topic, partition, offset))
         assignment = self.consumer.assignment()
@@ -403,7 +436,15 @@ class SinkWorker:
 
     # ---------------------------------------------------------------- shutdown
     def _past_shutdown_deadline(self) -> bool:
-        return time.monotonic() > self._shutdown_deadline
+        return time.monotonic() > self._shutdown_deadline_now()
+
+    def _shutdown_deadline_now(self) -> float:
+        # Counted from the stop request, like the process watchdog, so a retry in progress
+        # gives up in time for a clean close instead of being killed by the watchdog.
+        requested = self.control.stop_requested_at
+        if requested is None:
+            return self._shutdown_deadline
+        return min(self._shutdown_deadline, requested + self.settings.shutdown_timeout_ms / 1000.0)
 
     def _shutdown(self) -> None:
         """Stop fetching, flush, commit, leave the group."""
@@ -421,6 +462,15 @@ class SinkWorker:
             self.consumer.close()
         except Exception:
             pass
+
+
+def _check_consumer_error(error: KafkaError) -> None:
+    """A fatal consumer error ends the task; others (end of partition, a topic not created
+    yet, a broker briefly away) are librdkafka's to recover from."""
+    if error.fatal():
+        raise KafkaException(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer error: %s", error.name(), extra={"retriable": error.retriable()})
 
 
 def _offsets_through(part: Sequence[SinkRecord], final: dict[TP, int], last: bool) -> dict[TP, int]:

@@ -39,10 +39,14 @@ def offset_key(connector: str, partition: dict[str, Any]) -> bytes:
 
 
 def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
-                        timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+                        timeout: float = 90.0) -> dict[str, dict[str, Any]]:
     """Latest committed offset per source partition of ``connector``, keyed by the
-    partition's canonical JSON. Reads the offset topic to its end (read_committed:
-    the end is the last stable offset, so open transactions are not waited for)."""
+    partition's canonical JSON. Reads the offset topic up to the high watermark seen at
+    the start. A read_committed consumer stops at the last stable offset, and a
+    transaction still open there (a replay run killed mid-batch, say) would hide later
+    committed offsets of this connector: so reading waits until that transaction is
+    resolved (committed, aborted, or timed out by the broker) instead of returning
+    stale offsets."""
     consumer = Consumer({**kafka, "group.id": f"offset-reader-{connector}", "enable.auto.commit": False,
                          "isolation.level": "read_committed", "enable.partition.eof": True})
     prefix = json.dumps([connector], separators=(",", ":"))[:-1] + ","
@@ -51,23 +55,31 @@ def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
         metadata = consumer.list_topics(topic, timeout=timeout)
         if metadata.topics[topic].error is not None:
             raise KafkaException(metadata.topics[topic].error)
-        pending = set()
-        for p in metadata.topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > 0:
-                pending.add(p)
+        end: dict[int, int] = {}
+        # The high watermark, not the last stable offset a read_committed consumer reports.
+        watermarks = Consumer({**kafka, "group.id": f"offset-reader-{connector}", "isolation.level": "read_uncommitted"})
+        try:
+            for p in metadata.topics[topic].partitions:
+                _, high = watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                if high > 0:
+                    end[p] = high
+        finally:
+            watermarks.close()
+        pending = set(end)
         consumer.assign([TopicPartition(topic, p, 0) for p in pending])
         deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
-                raise RetriableError(f"reading {topic} timed out")
-            for message in consumer.consume(1000, timeout=0.5):
+                raise RetriableError(f"reading {topic} timed out (an open transaction not resolved in time?)")
+            messages = consumer.consume(1000, timeout=0.5)
+            for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
+                    if error.code() == KafkaError._PARTITION_EOF and message.offset() >= end[message.partition()]:
                         pending.discard(message.partition())
-                        continue
-                    raise KafkaException(error)
+                    elif error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    continue
                 text = (message.key() or b"").decode()
                 if text.startswith(prefix):
                     partition_json = json.dumps(json.loads(text)[1], separators=(",", ":"), sort_keys=True)
@@ -75,6 +87,12 @@ def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
                         offsets.pop(partition_json, None)
                     else:
                         offsets[partition_json] = json.loads(message.value())
+            if pending and not messages:
+                # An end-of-partition event below the watermark (an open transaction) is not
+                # repeated when the transaction is resolved: ask for the position instead.
+                for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
+                    if tp.offset >= end[tp.partition]:
+                        pending.discard(tp.partition)
     finally:
         consumer.close()
     return offsets

@@ -47,8 +47,11 @@ class Control:
         self.halted = threading.Event()
         self.restart_requested = threading.Event()
         self._changed = threading.Event()
+        self.stop_requested_at: float | None = None  # time.monotonic() of the first stop request
 
     def request_stop(self) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
         self.stop_requested.set()
         self._changed.set()
 

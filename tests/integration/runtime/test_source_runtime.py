@@ -89,3 +89,28 @@ def test_a_batch_of_only_bad_input_still_moves_the_source_offset(
     assert runtime.start("counting-source", "second", **env).wait(60) == 0  # resumes past the bad input
     assert len(consume_all(runtime.bootstrap, runtime.dlq)) == 100
     assert sorted(_numbers(runtime.bootstrap, topic)) == list(range(200))
+
+
+def test_offsets_committed_behind_another_open_transaction_are_read_not_skipped(
+        kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    # A replay run killed mid-transaction leaves its transaction open on the shared offsets
+    # topic; the live connector's later offsets sit behind it, past the last stable offset.
+    offsets = make_topic("offsets", partitions=1, config={"cleanup.policy": "compact"})
+    kafka = {"bootstrap.servers": kafka_bootstrap}
+    live = Producer({**kafka, "transactional.id": f"live-{offsets}"})
+    live.init_transactions()
+    live.begin_transaction()
+    live.produce(offsets, key=offset_key("live", {"lis": "a"}), value=b'{"n": 1}')
+    live.commit_transaction()
+    replay = Producer({**kafka, "transactional.id": f"replay-{offsets}", "transaction.timeout.ms": 5000})
+    replay.init_transactions()
+    replay.begin_transaction()
+    replay.produce(offsets, key=offset_key("replay", {"lis": "a"}), value=b'{"n": 7}')
+    replay.flush()  # ... and the replay process dies here: its transaction stays open
+    live.begin_transaction()
+    live.produce(offsets, key=offset_key("live", {"lis": "a"}), value=b'{"n": 2}')
+    live.commit_transaction()
+
+    stored = read_source_offsets(kafka, offsets, "live", timeout=60)
+
+    assert stored == {json.dumps({"lis": "a"}, separators=(",", ":")): {"n": 2}}

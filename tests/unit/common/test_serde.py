@@ -6,7 +6,9 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from common.errors import RetriableError
 from common.serde import RegistrySerde, SchemaRepository, SerializationError, SingleObjectSerde, avro_fingerprint
 from tests.support.test_connectors import LAB_RESULT, lab_result
 
@@ -64,3 +66,21 @@ def test_registry_wire_format_with_mock_registry() -> None:
     value, ref = serde.decode(data, LAB_RESULT)
     assert value["event_id"] == "e3" and ref.startswith("id:")
     assert serde.writer_schema(ref)["name"].endswith("LabResult")
+
+
+@pytest.mark.parametrize("failure, kind", [
+    (SchemaRegistryError(503, 50301, "unavailable"), RetriableError),
+    (SchemaRegistryError(429, 42901, "too many requests"), RetriableError),
+    (ConnectionError("refused"), RetriableError),
+    (SchemaRegistryError(404, 40403, "schema not found"), SerializationError),
+])
+def test_a_registry_that_cannot_answer_is_retried_while_an_unknown_schema_id_is_bad_data(
+        failure: Exception, kind: type[Exception]) -> None:
+    serde = RegistrySerde("mock://unit-unavailable")
+
+    def get_schema(schema_id: int) -> None:
+        raise failure
+
+    serde.client.get_schema = get_schema  # type: ignore[method-assign]
+    with pytest.raises(kind):
+        serde.decode(b"\x00\x00\x00\x00\x07" + b"\x02")

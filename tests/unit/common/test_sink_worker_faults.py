@@ -1,0 +1,193 @@
+"""SinkWorker's fault paths with an in-process consumer, DLQ producer and task.
+
+The behaviour end to end (real broker, SIGKILL) is in tests/integration/runtime; these
+pin the corner cases that are hard to time against a broker: a dead letter the broker
+rejects, a revoke during a retry, a poison record in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from common.config import SinkSettings
+from common.connector import ConnectorSpec
+from common.dlq import DeadLetterQueue
+from common.errors import PermanentError, RetriableError, TaskFailed, is_retriable
+from common.records import SinkRecord
+from common.sink_worker import SinkWorker, _Abandoned
+from common.status import Control, StatusReporter
+from common.task import SinkTask
+
+
+class FakeDlqProducer:
+    def __init__(self, reject_first: int = 0) -> None:
+        self.reject = reject_first
+        self.produced: list[dict[str, Any]] = []
+        self._pending: list[tuple[Any, Any]] = []
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.produced.append(kwargs)
+        self._pending.append((kwargs["on_delivery"], kwargs))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float = 0) -> int:
+        pending, self._pending = self._pending, []
+        for callback, _ in pending:
+            if self.reject:
+                self.reject -= 1
+                callback(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+            else:
+                callback(None, None)
+        return 0
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self.to_consume: list[list[Any]] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> None:
+        self.commits.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("t", 0)]
+
+    def pause(self, _partitions: Any) -> None:
+        pass
+
+    def resume(self, _partitions: Any) -> None:
+        pass
+
+    def consume(self, _n: int, timeout: float = 0) -> list[Any]:
+        return self.to_consume.pop(0) if self.to_consume else []
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._where = (topic, partition, offset)
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+
+class PoisonAwareSink(SinkTask):
+    """Durable on flush; a record whose value is {"poison": True} fails permanently."""
+
+    def __init__(self) -> None:
+        self.buffer: list[SinkRecord] = []
+        self.durable: list[int] = []
+        self.flushed_offsets: list[dict[Any, int]] = []
+
+    def put(self, records: Sequence[SinkRecord]) -> None:
+        if any(r.value and r.value.get("poison") for r in records):
+            raise PermanentError("bad record")
+        self.buffer.extend(records)
+
+    def flush(self, offsets: dict[Any, int]) -> None:
+        self.durable.extend(r.offset for r in self.buffer)
+        self.buffer = []
+        self.flushed_offsets.append(dict(offsets))
+
+    def abort(self) -> None:
+        self.buffer = []
+
+
+def _worker(task: SinkTask, **settings: Any) -> tuple[SinkWorker, FakeConsumer, FakeDlqProducer]:
+    spec = ConnectorSpec("unit-sink", "sink", SinkSettings, lambda s: task)  # type: ignore[arg-type,return-value]
+    values: dict[str, Any] = {"errors_tolerance": "all", "errors_retry_timeout_ms": 2000,
+                              "errors_retry_delay_max_ms": 10, **settings}
+    config = SinkSettings(kafka_bootstrap_servers="127.0.0.1:1", topics="t", connector_name="unit-sink", **values)
+    worker = SinkWorker(spec, config, task, StatusReporter("unit-sink", 0, "sink"), Control())
+    consumer, producer = FakeConsumer(), FakeDlqProducer()
+    worker.consumer.close()
+    worker.consumer = consumer  # type: ignore[assignment]
+    worker.dlq.producer = producer
+    return worker, consumer, producer
+
+
+def _records(values: list[dict[str, Any]]) -> list[SinkRecord]:
+    return [SinkRecord("t", 0, 100 + i, 0, None, value, None, b"v%d" % i, [], None) for i, value in enumerate(values)]
+
+
+def test_a_dead_letter_the_broker_rejected_is_produced_again_before_the_commit() -> None:
+    producer = FakeDlqProducer(reject_first=1)
+    dlq = DeadLetterQueue(producer, "dead-letter", "c", 0)
+    dlq.send(key=None, value=b"x", headers=None, timestamp_ms=None, origin_topic="t", partition=0, offset=5,
+             stage="TASK_PUT", class_name="X", error=ValueError("bad"))
+    with pytest.raises(RetriableError):
+        dlq.flush()
+    dlq.flush()  # the retry: produced again, now acknowledged
+    assert [m["value"] for m in producer.produced] == [b"x", b"x"]
+
+
+def test_a_commit_failure_wrapped_in_kafka_exception_is_retriable() -> None:
+    timed_out = KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT, retriable=True))
+    assert is_retriable(timed_out)
+    assert not is_retriable(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+
+
+def test_a_poison_record_mid_batch_commits_every_durable_part_at_once() -> None:
+    task = PoisonAwareSink()
+    worker, consumer, producer = _worker(task)
+    records = _records([{}, {}, {"poison": True}, {}, {}, {}])
+    worker.batch.records = records
+    worker._delivering = True
+    worker._deliver(records, [TopicPartition("t", 0, 106)])
+
+    assert task.durable == [100, 101, 103, 104, 105]
+    assert [m["value"] for m in producer.produced] == [b"v2"]
+    committed = [c[0][2] for c in consumer.commits]
+    # Each part, the dead letter and the rest: monotonic, ending at the batch's position.
+    assert committed == sorted(committed) and committed[-1] == 106
+    assert 103 in committed  # the dead letter's own commit (after it was flushed to the DLQ)
+    assert {(("t", 0), 103)} <= {(k, v) for o in task.flushed_offsets for k, v in o.items()}
+
+
+def test_a_revoke_during_a_retry_abandons_the_batch_after_seeking_back_what_was_fetched() -> None:
+    class Failing(PoisonAwareSink):
+        def flush(self, offsets: dict[Any, int]) -> None:
+            worker._revoked_while_delivering = True  # the rebalance happens during the retry wait
+            raise RetriableError("database away")
+
+    task = Failing()
+    worker, consumer, _ = _worker(task)
+    consumer.to_consume = [[FakeMessage("t", 3, 42)]]  # from a partition assigned meanwhile
+    records = _records([{}, {}])
+    worker._delivering = True
+    with pytest.raises(_Abandoned):
+        worker._deliver(records, [TopicPartition("t", 0, 102)])
+    assert consumer.seeks == [("t", 3, 42)]  # fetched during the wait: not skipped
+    assert consumer.commits == []
+
+
+def test_retries_exhausted_fail_the_task_instead_of_splitting_the_batch() -> None:
+    class Down(PoisonAwareSink):
+        puts = 0
+
+        def put(self, records: Sequence[SinkRecord]) -> None:
+            Down.puts += 1
+            raise RetriableError("database away")
+
+    worker, consumer, producer = _worker(Down(), errors_retry_timeout_ms=0)
+    with pytest.raises(TaskFailed):
+        worker._deliver(_records([{}, {}, {}, {}]), [TopicPartition("t", 0, 104)])
+    assert Down.puts == 1 and producer.produced == [] and consumer.commits == []
