@@ -3,22 +3,95 @@
 It is the LIS's history for replays (``labconnect replay source-lis``): HL7 senders
 cannot be asked to re-send a window. Each entry is a header line
 ``<received epoch ms> <length>\\n`` then the raw bytes and ``\\n``, so any encoding
-round-trips unchanged and a torn last entry (crash mid-write) is detected and skipped.
+round-trips unchanged. An entry is complete when its header parses, its received
+time falls in the file's day and its bytes end in ``\\n``. A crash mid-write leaves a
+torn last entry: the writer cuts it off when it reopens the day file, so later
+messages follow the last complete entry; the reader skips a torn entry anywhere
+(files torn before that repair) by resynchronising at the next complete one.
 Files are ``YYYY-MM-DD.hl7``; retention is the operator's (delete old days).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+log = logging.getLogger(__name__)
+
+_DAY_MS = 86_400_000
+# Received epoch ms (13 digits from 2001 to 2286) and the body length; at most 25 bytes.
+_HEADER = re.compile(rb"(\d{13}) (\d{1,10})\n")
+_HEADER_MAX = 25
+_SCAN_CHUNK = 1 << 20
+
 
 def day_file(received_ms: int) -> str:
     return datetime.fromtimestamp(received_ms / 1000, UTC).strftime("%Y-%m-%d") + ".hl7"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    received_ms: int
+    body: int  # position of the raw bytes
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.body + self.length + 1
+
+
+class _DayFile:
+    """The complete entries of one open day file, in order, skipping torn ones."""
+
+    def __init__(self, fh: BinaryIO, name: str) -> None:
+        self.fh = fh
+        day = datetime.strptime(name.removesuffix(".hl7"), "%Y-%m-%d").replace(tzinfo=UTC)
+        self.first_ms = int(day.timestamp() * 1000)
+        self.size = os.fstat(fh.fileno()).st_size
+
+    def entries(self, pos: int = 0) -> Iterator[_Entry]:
+        while True:
+            entry = self._entry_at(pos) or self._resync(pos + 1)
+            if entry is None:
+                return
+            yield entry
+            pos = entry.end
+
+    def _entry_at(self, pos: int) -> _Entry | None:
+        fh = self.fh
+        fh.seek(pos)
+        m = _HEADER.match(fh.read(_HEADER_MAX))
+        if m is None:
+            return None
+        entry = _Entry(int(m[1]), pos + m.end(), int(m[2]))
+        if not self.first_ms <= entry.received_ms < self.first_ms + _DAY_MS:
+            return None
+        if entry.end > self.size:
+            self.size = os.fstat(fh.fileno()).st_size  # the live writer may have appended since
+            if entry.end > self.size:
+                return None
+        fh.seek(entry.end - 1)
+        return entry if fh.read(1) == b"\n" else None
+
+    def _resync(self, pos: int) -> _Entry | None:
+        """The first complete entry that starts at or after ``pos`` (past a torn one)."""
+        while pos < self.size:
+            self.fh.seek(pos)
+            chunk = self.fh.read(_SCAN_CHUNK + _HEADER_MAX)
+            for m in _HEADER.finditer(chunk):
+                if m.start() >= _SCAN_CHUNK:
+                    break
+                entry = self._entry_at(pos + m.start())
+                if entry is not None:
+                    return entry
+            pos += _SCAN_CHUNK
+        return None
 
 
 class ArchiveWriter:
@@ -34,6 +107,7 @@ class ArchiveWriter:
         name = day_file(received_ms)
         if name != self._name:
             self.close()
+            _cut_torn_tail(self.directory / name)
             self._file = open(self.directory / name, "ab")  # noqa: SIM115 - kept open across appends
             self._name = name
         assert self._file is not None
@@ -50,6 +124,21 @@ class ArchiveWriter:
             self._file.close()
             self._file = None
             self._name = None
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Truncate the day file after its last complete entry (a crash can leave a torn one)."""
+    if not path.exists():
+        return
+    with open(path, "r+b") as fh:
+        day = _DayFile(fh, path.name)
+        end = 0
+        for entry in day.entries():
+            end = entry.end
+        if end < day.size:
+            fh.truncate(end)
+            os.fsync(fh.fileno())
+            log.warning("HL7 archive %s: cut off %d bytes of a torn last entry", path.name, day.size - end)
 
 
 @dataclass(frozen=True)
@@ -89,19 +178,7 @@ class ArchiveReader:
                 continue
             pos = start_pos if name == start_file else 0
             with open(self.directory / name, "rb") as fh:
-                fh.seek(pos)
-                while True:
-                    header = fh.readline()
-                    if not header.endswith(b"\n"):
-                        break  # end of file, or a torn header
-                    try:
-                        received_s, length_s = header.split()
-                        received, length = int(received_s), int(length_s)
-                    except ValueError:
-                        break  # corrupt tail: nothing after it can be trusted
-                    raw = fh.read(length + 1)
-                    if len(raw) != length + 1:
-                        break
-                    pos = fh.tell()
-                    if self.since_ms <= received < self.until_ms:
-                        yield ArchivedMessage(name, pos, received, raw[:-1])
+                for entry in _DayFile(fh, name).entries(pos):
+                    if self.since_ms <= entry.received_ms < self.until_ms:
+                        fh.seek(entry.body)
+                        yield ArchivedMessage(name, entry.end, entry.received_ms, fh.read(entry.length))

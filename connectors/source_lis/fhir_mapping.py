@@ -166,7 +166,7 @@ class FhirMapper:
         included = page.included
         subject = included.get((report.get("subject") or {}).get("reference", ""))
         patient_id = self.patient_id(subject) if subject else None
-        if not patient_id:
+        if not subject or not patient_id:
             raise UnmappableReport(f"{where}: no patient identifier of the configured type")
         accession = self._accession(report) or rid
         try:
@@ -179,10 +179,9 @@ class FhirMapper:
         source, partition, offset, headers = self.source, self.partition, page.offset, self.headers
         topic = self.results_topic
         records: list[Record] = []
-        if subject is not None:
-            contact = self._patient_record(subject, patient_id, offset)
-            if contact is not None:
-                records.append(contact)
+        patient_version = self._patient_version(subject)
+        if self._patients_sent.get(patient_id) != patient_version:
+            records.append(self._patient_record(subject, patient_id, offset))
         critical = False
         count = 0
         result_event, result_event_id, critical_flags = events.result_event, events.result_event_id, CRITICAL
@@ -232,6 +231,12 @@ class FhirMapper:
         records.append(SourceRecord(self.reports_topic, patient_id, report_value, events.REPORT_SCHEMA, partition,
                                     offset, headers))
         out.extend(records)
+        # Only now: had the report failed, its contact record would have been dropped with it.
+        sent = self._patients_sent
+        sent[patient_id] = patient_version
+        sent.move_to_end(patient_id)
+        if len(sent) > self._patient_cache_size:
+            sent.popitem(last=False)
 
     @staticmethod
     def _accession(report: dict[str, Any]) -> str | None:
@@ -242,16 +247,12 @@ class FhirMapper:
                     return str(ident["value"])
         return str(identifiers[0]["value"]) if identifiers and identifiers[0].get("value") else None
 
-    def _patient_record(self, patient: dict[str, Any], patient_id: str, offset: dict[str, Any]) -> SourceRecord | None:
+    @staticmethod
+    def _patient_version(patient: dict[str, Any]) -> str:
+        return f"{patient.get('id')}/{(patient.get('meta') or {}).get('versionId', '1')}"
+
+    def _patient_record(self, patient: dict[str, Any], patient_id: str, offset: dict[str, Any]) -> SourceRecord:
         meta = patient.get("meta") or {}
-        version = f"{patient.get('id')}/{meta.get('versionId', '1')}"
-        sent = self._patients_sent
-        if sent.get(patient_id) == version:
-            return None
-        sent[patient_id] = version
-        sent.move_to_end(patient_id)
-        if len(sent) > self._patient_cache_size:
-            sent.popitem(last=False)
         phone = email = None
         for telecom in patient.get("telecom") or ():
             system = telecom.get("system")

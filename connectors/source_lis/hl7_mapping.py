@@ -1,11 +1,14 @@
 """An parsed ORU^R01 (:class:`OruMessage`) -> LabResult/LabReport/PatientContact records.
 
 Each OBR group is one report: a LabReport event for its OBR-25 status, and one
-LabResult per OBX. HL7 has no version numbers, so the event ids cover the status
-and the status-change time (OBR-22, else MSH-7): a re-sent message maps to the
-same ids, a correction to new ones. Content the events cannot carry (an unknown
+LabResult per OBX, all for the patient of the OBR's own patient group (a message
+may carry several patients). HL7 has no version numbers, so the event ids cover
+the status and the status-change time (OBR-22, else MSH-7): a re-sent message
+maps to the same ids, a correction to new ones. Content the events cannot carry (an unknown
 status code, no patient id of the configured type, no accession) raises
-:class:`Hl7ContentError`: the message goes to the DLQ and is answered AE.
+:class:`Hl7ContentError`: the message goes to the DLQ and is answered AE. The
+"contact already sent" cache only learns a message's contacts once the whole
+message mapped, so a dead-lettered message does not suppress the next one's.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ class Hl7ContentError(PermanentError):
 class Hl7Mapper:
     def __init__(self, *, source: str, results_topic: str, reports_topic: str, patients_topic: str,
                  patient_id_type: str, patient_id_system: str | None, time_zone: str = "UTC",
-                 contact_cache_size: int = 100_000) -> None:
+                 contact_cache_size: int = 100_000, emit_contacts: bool = True) -> None:
+        """``emit_contacts=False`` leaves PatientContact records out (an HL7 replay: the archive's
+        contact details are historical and would overwrite newer ones on the compacted topic)."""
         self.source = source
         self.results_topic = results_topic
         self.reports_topic = reports_topic
@@ -35,6 +40,7 @@ class Hl7Mapper:
         self.patient_id_type = patient_id_type
         self.patient_id_system = patient_id_system
         self.zone = ZoneInfo(time_zone)
+        self.emit_contacts = emit_contacts
         self._contacts: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._contact_cache_size = contact_cache_size
 
@@ -57,16 +63,20 @@ class Hl7Mapper:
     def map(self, msg: OruMessage, partition: dict[str, Any], offset: dict[str, Any],
             headers: list[tuple[str, bytes]]) -> list[SourceRecord]:
         where = f"message {msg.control_id}"
-        patient_id = self.patient_id(msg.patient)
-        if not patient_id:
-            raise Hl7ContentError(f"{where}: no PID-3 identifier of the configured type/authority")
         message_ms = parse_ts(msg.message_time, self.zone)
         records: list[SourceRecord] = []
-        contact = self._contact(msg.patient, patient_id, message_ms or 0, partition, offset, headers)
-        if contact is not None:
-            records.append(contact)
+        contacts: dict[str, tuple[Any, ...]] = {}  # this message's, remembered once all of it mapped
         source = self.source
         for index, order in enumerate(msg.orders, 1):
+            patient_id = self.patient_id(order.patient)
+            if not patient_id:
+                raise Hl7ContentError(f"{where}: OBR {index} has no patient with a PID-3 identifier "
+                                      "of the configured type/authority")
+            if self.emit_contacts:
+                contact = self._contact(order.patient, patient_id, message_ms or 0, contacts, partition, offset,
+                                        headers)
+                if contact is not None:
+                    records.append(contact)
             accession = order.filler
             if not accession:
                 raise Hl7ContentError(f"{where}: OBR {index} has no filler order number (OBR-3)")
@@ -112,21 +122,27 @@ class Hl7Mapper:
             )
             records.append(SourceRecord(self.reports_topic, patient_id, report, events.REPORT_SCHEMA, partition,
                                         offset, headers))
+        self._remember(contacts)
         return records
 
-    def _contact(self, patient: Hl7Patient, patient_id: str, timestamp: int, partition: dict[str, Any],
-                 offset: dict[str, Any], headers: list[tuple[str, bytes]]) -> SourceRecord | None:
+    def _remember(self, contacts: dict[str, tuple[Any, ...]]) -> None:
+        for patient_id, details in contacts.items():
+            self._contacts[patient_id] = details
+            self._contacts.move_to_end(patient_id)
+            if len(self._contacts) > self._contact_cache_size:
+                self._contacts.popitem(last=False)
+
+    def _contact(self, patient: Hl7Patient, patient_id: str, timestamp: int, pending: dict[str, tuple[Any, ...]],
+                 partition: dict[str, Any], offset: dict[str, Any],
+                 headers: list[tuple[str, bytes]]) -> SourceRecord | None:
         mobile = next((p[0] for p in patient.phones if p[2] == "CP"), None)
         phone = mobile or (patient.phones[0][0] if patient.phones else None)
         email = patient.emails[0] if patient.emails else None
         details = (phone, email, patient.sms_consent, patient.email_consent, patient.time_zone, patient.language)
         # HL7 has no patient version: send a contact only when it changed (the topic is compacted anyway).
-        if self._contacts.get(patient_id) == details:
+        if pending.get(patient_id, self._contacts.get(patient_id)) == details:
             return None
-        self._contacts[patient_id] = details
-        self._contacts.move_to_end(patient_id)
-        if len(self._contacts) > self._contact_cache_size:
-            self._contacts.popitem(last=False)
+        pending[patient_id] = details
         value = events.patient_event(patient_id=patient_id, timestamp=timestamp, phone=phone, email=email,
                                      sms_consent=patient.sms_consent, email_consent=patient.email_consent,
                                      time_zone=patient.time_zone or "UTC", language=patient.language or "en",

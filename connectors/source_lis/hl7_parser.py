@@ -4,7 +4,9 @@ The grammar is small enough to parse directly: segments end in CR, the field
 separator and encoding characters come from MSH-1/MSH-2, escape sequences
 (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ \\Xhh\\``) are resolved per component. An order
 group is ``[ORC] OBR [NTE] {OBX [NTE]}``; NTE attaches to the OBX (or OBR) before
-it. Errors raise :class:`Hl7Error` whose message holds MSH-10 at most (no PHI).
+it. A message may carry several patient groups (``PID ... {order group}``): each
+order keeps the patient of its own group. Errors raise :class:`Hl7Error` whose
+message holds MSH-10 at most (no PHI).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Hl7Order:
     status_changed: str
     status: str
     ordering_provider: str | None
+    patient: Hl7Patient  # of the patient group the OBR is in
     notes: list[str] = field(default_factory=list)
     observations: list[Hl7Observation] = field(default_factory=list)
 
@@ -83,8 +86,7 @@ class OruMessage:
     message_time: str
     message_type: str
     version: str
-    patient: Hl7Patient
-    orders: list[Hl7Order]
+    orders: list[Hl7Order]  # each with its own patient: one message may carry several
 
     @property
     def sender(self) -> str:
@@ -204,26 +206,30 @@ def parse_oru(text: str) -> OruMessage:
     segments = [_Segment(line, sep, codec) for line in _SEGMENT_SPLIT.split(text) if line.strip()]
     msh = segments[0]
     patient: Hl7Patient | None = None
+    order: Hl7Order | None = None  # the open order group; a new PID closes it
     orders: list[Hl7Order] = []
     note_target: list[str] | None = None
     for seg in segments[1:]:
         name = seg.name
         if name == "PID":
             patient = _patient(seg)
+            order = None
             note_target = None
         elif name == "ZPC" and patient is not None:
             patient.sms_consent = seg.comp(2).upper() == "Y"
             patient.email_consent = seg.comp(3).upper() == "Y"
             patient.time_zone = seg.comp(4)
         elif name == "OBR":
-            order = _order(seg)
+            if patient is None:
+                raise Hl7Error(f"{where}: OBR with no PID segment before it")
+            order = _order(seg, patient)
             orders.append(order)
             note_target = order.notes
         elif name == "OBX":
-            if not orders:
-                raise Hl7Error(f"{where}: OBX before any OBR")
+            if order is None:
+                raise Hl7Error(f"{where}: OBX before any OBR of its patient group")
             obs = _observation(seg)
-            orders[-1].observations.append(obs)
+            order.observations.append(obs)
             note_target = obs.notes
         elif name == "NTE":
             if note_target is not None:
@@ -234,7 +240,7 @@ def parse_oru(text: str) -> OruMessage:
     if not orders:
         raise Hl7Error(f"{where}: no OBR segment")
     return OruMessage(header.sending_app, header.sending_facility, header.control_id, msh.comp(6),  # MSH-7: MSH-1 is the separator itself
-                      header.message_type, header.version, patient, orders)
+                      header.message_type, header.version, orders)
 
 
 def _patient(seg: _Segment) -> Hl7Patient:
@@ -259,10 +265,10 @@ def _patient(seg: _Segment) -> Hl7Patient:
     return patient
 
 
-def _order(seg: _Segment) -> Hl7Order:
+def _order(seg: _Segment, patient: Hl7Patient) -> Hl7Order:
     return Hl7Order(placer=seg.comp(2), filler=seg.comp(3), code=seg.comp(4, 1), name=seg.comp(4, 2),
                     coding_system=seg.comp(4, 3), observed=seg.comp(7), status_changed=seg.comp(22),
-                    status=seg.comp(25), ordering_provider=seg.comp(16, 1) or None)
+                    status=seg.comp(25), ordering_provider=seg.comp(16, 1) or None, patient=patient)
 
 
 def _observation(seg: _Segment) -> Hl7Observation:
@@ -293,13 +299,15 @@ def parse_ts(text: str, default_zone: ZoneInfo | timezone = timezone.utc) -> int
         return None
     y, mo, d, h, mi, s, frac, off = m.groups()
     zone: ZoneInfo | timezone = default_zone
-    if off:
-        sign = 1 if off[0] == "+" else -1
-        zone = timezone(sign * timedelta(hours=int(off[1:3]), minutes=int(off[3:5])))
     try:
+        if off:
+            hours, minutes = int(off[1:3]), int(off[3:5])
+            if minutes > 59:
+                return None
+            zone = timezone((1 if off[0] == "+" else -1) * timedelta(hours=hours, minutes=minutes))
         value = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0),
                          int((frac or "0").ljust(6, "0")[:6]), tzinfo=zone)
-    except ValueError:
+    except ValueError:  # a field out of range, or an offset of 24 hours or more
         return None
     return int(value.timestamp() * 1000)
 

@@ -10,7 +10,13 @@ original's commit and gets the same ACK. A re-send older than the window is
 processed again and produces the same event ids, which the sinks skip.
 
 Replay mode reads the archive instead of listening (partition
-``{"lis": <name>, "archive": "hl7"}``, offset = file and byte position).
+``{"lis": <name>, "archive": "hl7"}``, offset = file and byte position). It leaves
+PatientContact records out unless the replay's topics name the patients topic: the
+archive's contact details and consent are historical, and on the compacted
+``patients`` topic they would replace newer ones.
+
+One message's content never fails the task: whatever parsing or mapping raises
+sends the message to the DLQ with AR (unparseable) or AE (cannot be processed).
 """
 
 from __future__ import annotations
@@ -77,7 +83,8 @@ class Hl7Source:
         self.headers = headers
         kwargs = dict(mapper_kwargs)
         self.topic_filter = kwargs.pop("topic_filter", None)
-        self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, **kwargs)
+        contacts = replay is None or bool(replay.topics and settings.patients_topic in replay.topics)
+        self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, emit_contacts=contacts, **kwargs)
         self.inbox: queue.Queue[InboundMessage] = queue.Queue()
         self.server: MllpServer | None = None
         self.archive: ArchiveWriter | None = None
@@ -167,10 +174,17 @@ class Hl7Source:
             header = read_header(text)
             message = parse_oru(text)
         except (UnicodeDecodeError, Hl7Error) as exc:
+            header = header or _ascii_header(raw)
             error = exc if isinstance(exc, Hl7Error) else Hl7Error(
                 f"message {header.control_id if header else '?'}: not valid {self.settings.hl7_encoding}")
             batch.append(self._dead_letter(raw, header, error))
             pending.append(_Pending(inbound, header, "AR", "unsupported or malformed message"))
+            return
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the intake
+            header = header or _ascii_header(raw)
+            error = _unexpected((header.control_id if header else "") or "?", exc)
+            batch.append(self._dead_letter(raw, header, error))
+            pending.append(_Pending(inbound, header, "AE", "message could not be processed"))
             return
         key = (message.sending_app, message.sending_facility, message.control_id)
         ids = self._sender_ids(message.sender)
@@ -187,8 +201,9 @@ class Hl7Source:
         offset = touched[message.sender][1]
         try:
             records = self.mapper.map(message, partition, offset, self.headers)
-        except Hl7ContentError as exc:
-            batch.append(self._dead_letter(raw, header, exc))
+        except Exception as exc:  # noqa: BLE001 - one message's content must not fail the task
+            error = exc if isinstance(exc, Hl7ContentError) else _unexpected(message.control_id, exc)
+            batch.append(self._dead_letter(raw, header, error))
             pending.append(_Pending(inbound, header, "AE", "message could not be processed"))
             return
         if self.topic_filter is not None:
@@ -269,6 +284,23 @@ class Hl7Source:
         for ids, _ in touched.values():
             ids.commit()
         return batch
+
+
+def _ascii_header(raw: bytes) -> Header | None:
+    """MSH read as latin-1 (its fields are ASCII), so that the ACK of a message in the
+    wrong charset still names it; None when there is no MSH."""
+    try:
+        return read_header(raw.decode("latin-1"))
+    except Hl7Error:
+        return None
+
+
+def _unexpected(control_id: str, error: Exception) -> Hl7ContentError:
+    """A PHI-free stand-in for an unexpected error (its message may quote the content);
+    it keeps the traceback, whose frames the DLQ records without messages or locals."""
+    log.warning("message %s could not be processed (%s): dead-lettered", control_id, type(error).__name__)
+    return Hl7ContentError(f"message {control_id}: processing failed ({type(error).__name__})").with_traceback(
+        error.__traceback__)
 
 
 def _rebase(record: SourceRecord, partition: dict[str, Any], offset: dict[str, Any]) -> SourceRecord:

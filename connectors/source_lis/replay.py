@@ -5,8 +5,10 @@ Runs the same :class:`LisSourceTask` in replay mode under its own connector name
 touched, both can run at once, and re-running the same window resumes where the
 last run stopped. Events get the same ids as the first time plus the header
 ``replay: true``. FHIR mode re-reads ``_lastUpdated`` in [since, until); HL7 mode
-reads the archive (``HL7_ARCHIVE_DIR``) of messages received in the window.
-Settings come from the same environment as the live connector.
+reads the archive (``HL7_ARCHIVE_DIR``) of messages received in the window and
+produces no PatientContact records unless ``--topic`` names the patients topic
+(archived contact details are historical). Settings come from the same
+environment as the live connector.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--since", required=True, help="window start, ISO 8601 (UTC when no offset)")
     parser.add_argument("--until", help="window end (exclusive), ISO 8601; default: now")
     parser.add_argument("--topic", action="append", dest="topics", metavar="T",
-                        help="only produce to this topic (repeatable); default: all three")
+                        help="only produce to this topic (repeatable); default: all three, "
+                             "but HL7 mode writes patient contacts only when this names their topic")
     return parser
 
 

@@ -29,3 +29,24 @@ def oru(control_id: str = "MSG001", *, app: str = "LIS", facility: str = "MAINLA
             f"OBX|1|NM|2345-7^Glucose^LN||88|mg/dL|70-99|N|||{obx11}",
         ]
     return "\r".join(segments) + "\r"
+
+
+def oru_two_patients(control_id: str = "MULTI1") -> str:
+    """Two patient groups in one ORU^R01: PID(A) OBR OBX, then PID(B) OBR OBX (fictional patients)."""
+    return "\r".join([
+        f"MSH|^~\\&|LIS|MAINLAB|LABCONNECT|DRDANG|20260101120000+0000||ORU^R01^ORU_R01|{control_id}|P|2.5.1",
+        "PID|1||MRN-A1^^^LAB&1.2.3.4&ISO^MR||Alpha^Ann||19700101|F|||||^PRN^CP^^^^^^^^^+15550001111",
+        "ZPC|1|Y|N|America/Chicago",
+        _obr("ACC-A", "2345-7^Glucose^LN"),
+        "OBX|1|NM|2345-7^Glucose^LN||88|mg/dL|70-99|N|||F",
+        "PID|2||MRN-B2^^^LAB&1.2.3.4&ISO^MR||Beta^Bob||19800101|M|||||^PRN^CP^^^^^^^^^+15550002222",
+        "ZPC|1|N|N|Europe/Berlin",
+        _obr("ACC-B", "4548-4^HbA1c^LN"),
+        "OBX|1|NM|4548-4^HbA1c^LN||9.1|%|4.0-5.6|H|||F",
+    ]) + "\r"
+
+
+def _obr(accession: str, code: str) -> str:
+    fields = ["OBR", "1", f"PL{accession}", f"{accession}^LAB", code] + [""] * 21
+    fields[7], fields[22], fields[25] = "20260101100000+0000", "20260101115500+0000", "F"  # OBR-7, -22, -25
+    return "|".join(fields)

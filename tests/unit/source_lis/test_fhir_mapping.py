@@ -98,3 +98,33 @@ def test_replay_window_ends_adds_the_header_and_filters_topics(sim, fhir_task) -
     assert {r.topic for r in runtime.records} == {"lab-reports"}
     assert all(("replay", b"true") in r.headers for r in runtime.records)
     assert "records" in task.progress.stream.getvalue() and "100.0%" in task.progress.stream.getvalue()
+
+
+def _report(rid: str, results: list[str]) -> dict:
+    return {"resourceType": "DiagnosticReport", "id": rid, "status": "final",
+            "meta": {"versionId": "1", "lastUpdated": "2026-01-01T12:00:00Z"},
+            "identifier": [{"type": {"coding": [{"code": "FILL"}]}, "value": f"ACC-{rid}"}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "subject": {"reference": "Patient/p1"}, "result": [{"reference": r} for r in results]}
+
+
+def test_contact_of_a_dead_lettered_report_is_sent_with_the_next_good_one() -> None:
+    from connectors.source_lis.fhir_client import FhirPage
+    from connectors.source_lis.fhir_mapping import FhirMapper
+
+    patient = {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "3"},
+               "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "MRN-P1"}],
+               "telecom": [{"system": "phone", "value": "+15550003333", "use": "mobile"}]}
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}, "valueQuantity": {"value": 88}}
+    mapper = FhirMapper(source="lis", results_topic="lab-results", reports_topic="lab-reports",
+                        patients_topic="patients", patient_id_type="MR", patient_id_system=None,
+                        partition={"lis": "lis", "mode": "fhir"})
+    page = FhirPage(reports=[_report("r1", ["Observation/missing"]), _report("r2", ["Observation/o1"])],
+                    included={"Patient/p1": patient, "Observation/o1": obs}, offset={}, last_page=True)
+    out = mapper.map_page(page)
+    assert isinstance(out[0], DeadLetter)
+    assert [r.topic for r in out[1:]] == ["patients", "lab-results", "lab-reports"]
+    again = mapper.map_page(FhirPage(reports=[_report("r3", ["Observation/o1"])], included=page.included,
+                                     offset={}, last_page=True))
+    assert [r.topic for r in again] == ["lab-results", "lab-reports"]  # sent once it was written

@@ -6,7 +6,7 @@ import pytest
 
 from connectors.source_lis.hl7_mapping import Hl7ContentError, Hl7Mapper
 from connectors.source_lis.hl7_parser import parse_oru
-from tests.unit.source_lis.hl7_samples import oru
+from tests.unit.source_lis.hl7_samples import oru, oru_two_patients
 
 
 def mapper(**overrides: object) -> Hl7Mapper:
@@ -104,3 +104,32 @@ def test_cancelled_order_without_results() -> None:
     out = records(text)
     assert [r.topic for r in out] == ["patients", "lab-reports"]
     assert out[1].value["event_type"] == "REPORT_CANCELLED" and out[1].value["result_count"] == 0
+
+
+def test_each_patient_group_is_mapped_to_its_own_patient() -> None:
+    out = records(oru_two_patients())
+    assert [(r.topic, r.key) for r in out] == [
+        ("patients", "MRN-A1"), ("lab-results", "MRN-A1"), ("lab-reports", "MRN-A1"),
+        ("patients", "MRN-B2"), ("lab-results", "MRN-B2"), ("lab-reports", "MRN-B2")]
+    assert [r.value["patient_id"] for r in out] == ["MRN-A1"] * 3 + ["MRN-B2"] * 3
+    assert (out[1].value["accession"], out[4].value["accession"]) == ("ACC-A", "ACC-B")
+    assert [(out[i].value["phone"], out[i].value["time_zone"]) for i in (0, 3)] == [
+        ("+15550001111", "America/Chicago"), ("+15550002222", "Europe/Berlin")]
+
+
+def test_a_patient_group_without_the_configured_id_is_a_content_error() -> None:
+    text = oru_two_patients("MULTI3").replace("MRN-A1^^^LAB&1.2.3.4&ISO^MR", "999-00-0000^^^SSA^SS")
+    with pytest.raises(Hl7ContentError) as info:
+        records(text)
+    assert "MULTI3" in str(info.value) and "999" not in str(info.value)
+
+
+def test_contact_of_a_dead_lettered_message_is_sent_with_the_next_good_one() -> None:
+    m = mapper()
+    with pytest.raises(Hl7ContentError):
+        records(oru("BAD1", obx11="Q"), m)  # fails after the contact was built
+    assert records(oru("GOOD1"), m)[0].topic == "patients"
+
+
+def test_contacts_can_be_left_out() -> None:
+    assert "patients" not in {r.topic for r in records(oru(), mapper(emit_contacts=False))}

@@ -201,3 +201,90 @@ def test_archive_replay_produces_the_same_ids_with_a_replay_header(tmp_path: Pat
     assert sorted(replay.event_ids()) == sorted(live.event_ids())
     assert all(("replay", b"true") in r.headers for r in replay.records)
     assert set(replay.offsets) == {'{"archive":"hl7","lis":"lis"}'}
+
+
+def _replay(tmp_path: Path, topics: frozenset[str] | None = None) -> FakeRuntime:
+    import time
+
+    window = ReplayWindow(T0, int(time.time() * 1000) + 60_000, topics)
+    replay = FakeRuntime(make_task(tmp_path, replay=window)).start()
+    for _ in range(10):
+        replay.step()
+        if replay.task.done():
+            break
+    assert replay.task.done()
+    return replay
+
+
+def test_invalid_time_offset_is_dead_lettered_with_ae_and_intake_goes_on(live) -> None:  # type: ignore[no-untyped-def]
+    runtime, port = live
+    sender = Sender(port).send("TZ1", oru("TZ1").replace("+0000", "+2500"))  # no usable MSH-7 / OBR-22
+    step_until_batch(runtime)
+    assert sender.ack() == "AE"
+    assert len(runtime.dead) == 1 and "TZ1" in str(runtime.dead[0].error)
+    good = Sender(port).send("TZ2", oru("TZ2"))
+    step_until_batch(runtime)
+    assert good.ack() == "AA" and len(runtime.event_ids()) == 6
+
+
+def test_unexpected_mapping_failure_is_dead_lettered_with_ae_without_phi(  # type: ignore[no-untyped-def]
+        live, monkeypatch) -> None:
+    runtime, port = live
+    source = runtime.task.source
+
+    def broken(*args: Any, **kwargs: Any) -> list:
+        raise ValueError("bad value 6.1 for O'Brien +15550001111")
+
+    monkeypatch.setattr(source.mapper, "map", broken)
+    sender = Sender(port).send("UX1", oru("UX1"))
+    step_until_batch(runtime)
+    assert sender.ack() == "AE"
+    error = runtime.dead[0].error
+    assert "UX1" in str(error) and "ValueError" in str(error)
+    for phi in ("6.1", "Brien", "555"):
+        assert phi not in str(error)
+    monkeypatch.undo()
+    good = Sender(port).send("UX2", oru("UX2"))
+    step_until_batch(runtime)
+    assert good.ack() == "AA"
+
+
+def test_unexpected_parser_failure_is_dead_lettered_with_ae(live, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    runtime, port = live
+
+    def broken(text: str) -> None:
+        raise IndexError("segment O'Brien")
+
+    monkeypatch.setattr("connectors.source_lis.hl7_source.parse_oru", broken)
+    sender = Sender(port).send("PX1", oru("PX1"))
+    step_until_batch(runtime)
+    assert sender.ack() == "AE"
+    assert runtime.dead[0].key == b"PX1" and "Brien" not in str(runtime.dead[0].error)
+
+
+def test_undecodable_message_gets_an_ar_that_names_its_control_id(live) -> None:  # type: ignore[no-untyped-def]
+    runtime, port = live
+    s = MllpSender("127.0.0.1", port)
+    sock = s._connect()
+    sock.sendall(b"\x0b" + oru("ENC1").encode("latin-1") + b"\x1c\x0d")  # "Chloé" in latin-1, not UTF-8
+    step_until_batch(runtime)
+    while b"\x1c\x0d" not in s.buffer:
+        s.buffer += sock.recv(65536)
+    msh, msa = s.buffer.split(b"\x1c\x0d")[0].lstrip(b"\x0b").decode().strip("\r").split("\r")
+    assert msa.split("|")[:3] == ["MSA", "AR", "ENC1"]
+    assert msh.split("|")[2:6] == ["LABCONNECT", "DRDANG", "LIS", "MAINLAB"]
+    assert runtime.dead[0].key == b"ENC1" and "ENC1" in str(runtime.dead[0].error)
+    s.close()
+
+
+def test_hl7_replay_leaves_patient_contacts_out_unless_asked(tmp_path: Path) -> None:
+    live = FakeRuntime(make_task(tmp_path)).start()
+    sender = Sender(live.task.source.mllp_port).send("C1", oru("C1"))  # type: ignore[attr-defined]
+    step_until_batch(live)
+    assert sender.ack() == "AA" and live.records[0].topic == "patients"
+    live.task.stop()
+    replay = _replay(tmp_path)
+    assert replay.records and "patients" not in {r.topic for r in replay.records}
+    assert sorted(replay.event_ids()) == sorted(live.event_ids())
+    asked = _replay(tmp_path, frozenset({"patients"}))
+    assert [r.topic for r in asked.records] == ["patients"]
