@@ -219,6 +219,7 @@ class SourceWorker:
                         self._dead_letter(json.dumps(item.value, default=str).encode(),
                                           item.key.encode() if item.key else None, item.headers,
                                           "VALUE_CONVERTER", exc)
+                        self.task.on_record_failed(item, exc)
                         continue
                 kwargs: dict[str, Any] = {"key": item.key, "value": value, "on_delivery": self._delivered}
                 headers = item.headers + self.extra_headers

@@ -50,6 +50,11 @@ class SourceTask(ABC):
     def on_aborted(self, batch: Sequence[SourceRecord | DeadLetter], error: BaseException) -> None:
         """The batch could not be committed; it will not be retried by the runtime."""
 
+    def on_record_failed(self, record: SourceRecord, error: BaseException) -> None:
+        """The runtime dead-lettered ``record`` (it could not be serialized); called while
+        the batch is being written, before its offsets and its commit. A source that
+        acknowledges its input (HL7) answers that input with an error, not a success."""
+
     def done(self) -> bool:
         """True when a bounded task (a replay window) has produced everything."""
         return False

@@ -62,6 +62,12 @@ class _SenderIds:
         self.ids = deque(self.committed, maxlen=self.ids.maxlen)
         self.set = set(self.ids)
 
+    def forget(self, control_id: str) -> None:
+        """Not seen after all: a re-send of it is processed again."""
+        if control_id in self.set:
+            self.ids.remove(control_id)
+            self.set.discard(control_id)
+
 
 @dataclass
 class _Pending:
@@ -91,6 +97,9 @@ class Hl7Source:
         self._context_offset: Any = None
         self._senders: dict[str, _SenderIds] = {}
         self._inflight: dict[tuple[str, str, str], _Pending] = {}
+        # Records of the batches not yet committed -> their message, to answer AE if the
+        # runtime dead-letters one of them (keyed by identity: records are not hashable).
+        self._origin: dict[int, tuple[_Pending, _SenderIds, dict[str, Any], str]] = {}
         # Batches handed to the runtime, oldest first: it writes them one at a time, in order,
         # and reports each with on_committed/on_aborted (the batch object may be a copy).
         self._batches: deque[tuple[list[_Pending], list[_SenderIds]]] = deque()
@@ -212,6 +221,8 @@ class Hl7Source:
         item = _Pending(inbound, header, "AA", key=key)
         self._inflight[key] = item
         pending.append(item)
+        for record in records:
+            self._origin[id(record)] = (item, ids, offset, message.control_id)
         batch.extend(records)
 
     def _sender_ids(self, sender: str) -> _SenderIds:
@@ -230,7 +241,22 @@ class Hl7Source:
         return DeadLetter(payload=raw, error=error, key=control_id, headers=headers)
 
     # -- ACKs ------------------------------------------------------------------------------------------
+    def on_record_failed(self, record: SourceRecord, error: BaseException) -> None:
+        """A record of this message went to the DLQ instead of its topic: answer AE, and
+        let a re-send of the message be processed again (its other records are written
+        again with the same event ids, which the sinks absorb)."""
+        origin = self._origin.get(id(record))
+        if origin is None:
+            return
+        item, ids, offset, control_id = origin
+        item.code, item.text = "AE", "message could not be stored completely"
+        ids.forget(control_id)
+        if control_id in offset["recent"]:  # the source offset written with this batch
+            offset["recent"].remove(control_id)
+
     def on_committed(self, batch: Sequence[Record]) -> None:
+        for record in batch:
+            self._origin.pop(id(record), None)
         if not self._batches:
             return
         pending, senders = self._batches.popleft()
@@ -239,6 +265,8 @@ class Hl7Source:
         self._answer(pending, committed=True)
 
     def on_aborted(self, batch: Sequence[Record], error: BaseException) -> None:
+        for record in batch:
+            self._origin.pop(id(record), None)
         if not self._batches:
             return
         pending, senders = self._batches.popleft()

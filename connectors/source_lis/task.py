@@ -103,6 +103,11 @@ class LisSourceTask(SourceTask):
     def on_aborted(self, batch: Sequence[Record], error: BaseException) -> None:
         self.source.on_aborted(batch, error)
 
+    def on_record_failed(self, record: SourceRecord, error: BaseException) -> None:
+        failed = getattr(self.source, "on_record_failed", None)
+        if failed is not None:
+            failed(record, error)
+
     def done(self) -> bool:
         return bool(self.source.done())
 

@@ -45,20 +45,30 @@ class FakeRuntime:
         self.task.start(self.context)
         return self
 
-    def step(self, abort: bool = False) -> list[SourceRecord | DeadLetter]:
+    def step(self, abort: bool = False,
+             unserializable: Callable[[SourceRecord], bool] | None = None) -> list[SourceRecord | DeadLetter]:
+        """One poll and its commit. ``unserializable`` picks records the runtime fails to
+        serialize: they are dead-lettered and reported with ``on_record_failed``."""
         batch = list(self.task.poll())
         if not batch:
             return batch
         if abort:
             self.task.on_aborted(batch, RuntimeError("transaction aborted"))
             return batch
+        latest: dict[str, Any] = {}
         for item in batch:
             if isinstance(item, DeadLetter):
                 self.dead.append(item)
+                continue
+            latest[_key(item.source_partition)] = item.source_offset
+            if unserializable is not None and unserializable(item):
+                self.dead.append(DeadLetter(payload=b"{}", error=ValueError("cannot serialize")))
+                self.task.on_record_failed(item, ValueError("cannot serialize"))
             else:
                 self.records.append(item)
-                # JSON round trip: what the runtime writes to the offsets topic.
-                self.offsets[_key(item.source_partition)] = json.loads(json.dumps(item.source_offset))
+        # Offsets are written after the records, as the runtime does; JSON round trip as in Kafka.
+        for key, offset in latest.items():
+            self.offsets[key] = json.loads(json.dumps(offset))
         self.batches += 1
         self.task.on_committed(batch)
         return batch

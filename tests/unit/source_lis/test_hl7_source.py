@@ -288,3 +288,18 @@ def test_hl7_replay_leaves_patient_contacts_out_unless_asked(tmp_path: Path) -> 
     assert sorted(replay.event_ids()) == sorted(live.event_ids())
     asked = _replay(tmp_path, frozenset({"patients"}))
     assert [r.topic for r in asked.records] == ["patients"]
+
+
+def test_a_record_the_runtime_dead_letters_makes_its_message_ae_and_a_resend_is_processed(  # type: ignore[no-untyped-def]
+        live) -> None:
+    runtime, port = live
+    sender = Sender(port).send("MSG001", oru())
+    for _ in range(40):
+        if runtime.step(unserializable=lambda r: r.topic == "lab-results"):
+            break
+    assert sender.ack() == "AE"
+    assert not [r for r in runtime.records if r.topic == "lab-results"]
+    again = Sender(port).send("MSG001", oru())  # not remembered as done: processed again
+    step_until_batch(runtime)
+    assert again.ack() == "AA"
+    assert [r for r in runtime.records if r.topic == "lab-results"]
