@@ -1,6 +1,7 @@
 """Where a record's file goes: its Hive-style time partition and the object key.
 
     <prefix>/topic=<topic>/dt=YYYY-MM-DD/hour=HH/<topic>+<partition>+<startOffset:010d>.<ext>
+    <prefix>/topic=<topic>/_schemas/<hash>.arrow       (see schema_manifest.py)
 
 The start offset in the name is what makes re-writes overwrite instead of
 duplicate (see README, "Exactly once").
@@ -70,8 +71,12 @@ class TimePartitioner:
         return f"dt={local:%Y-%m-%d}/hour={local:%H}"
 
 
+def topic_folder(prefix: str, topic: str) -> str:
+    """The key prefix of everything stored for ``topic`` (ends with ``/``)."""
+    head = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    return f"{head}topic={topic}/"
+
+
 def object_key(prefix: str, topic: str, partition: int, time_partition: str, start_offset: int, ext: str) -> str:
     """The object key of the file that starts at ``start_offset``."""
-    name = f"{topic}+{partition}+{start_offset:010d}.{ext}"
-    head = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-    return f"{head}topic={topic}/{time_partition}/{name}"
+    return f"{topic_folder(prefix, topic)}{time_partition}/{topic}+{partition}+{start_offset:010d}.{ext}"

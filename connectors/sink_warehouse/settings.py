@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from common.config import SinkSettings, TimeZoneName
 
 MIB = 1024 * 1024
+_MAX_BACKOFF_MS = 25_000  # botocore's cap between attempts, including a Retry-After header
 
 
 class WarehouseSettings(SinkSettings):
@@ -26,13 +27,17 @@ class WarehouseSettings(SinkSettings):
     flush_max_bytes: int = Field(32 * MIB, ge=1)
     flush_max_age_ms: int = Field(600_000, ge=1)
     flush_idle_ms: int = Field(60_000, ge=1)
+    warehouse_flush_timeout_ms: int = Field(
+        90_000, ge=1, description="storage time a round may take before it is retried (see round_time_bound_ms)")
     warehouse_url: str = Field(
         "file://./warehouse", description="s3://bucket/prefix, or file://<dir> (the embedded demo target)"
     )
     s3_endpoint_url: str | None = Field(None, description="MinIO/moto/LocalStack endpoint; unset = AWS")
     s3_region: str | None = None
     s3_part_size_bytes: int = Field(25 * MIB, ge=5 * MIB, description="multipart upload above this size")
-    s3_max_attempts: int = Field(5, ge=1, description="SDK attempts per request (adaptive retry mode)")
+    s3_max_attempts: int = Field(3, ge=1, description="SDK attempts per request, the first included (adaptive mode)")
+    s3_connect_timeout_ms: int = Field(5_000, ge=100)
+    s3_read_timeout_ms: int = Field(30_000, ge=100, description="longest silence of a connection mid-request")
     s3_sse: Literal["", "AES256", "aws:kms"] = ""
     s3_sse_kms_key_id: str | None = None
     warehouse_format: Literal["parquet", "avro", "jsonl"] = "parquet"
@@ -42,6 +47,17 @@ class WarehouseSettings(SinkSettings):
     warehouse_timezone: TimeZoneName = Field("UTC", description="IANA zone of the dt=/hour= partitions")
     warehouse_include_headers: bool = False
 
+    @property
+    def round_time_bound_ms(self) -> int:
+        """The longest a round's storage work can keep the runtime from polling Kafka: the flush
+        deadline is checked before each request, so add the longest one request can take (every
+        attempt times out; botocore waits at most 20 s + 5 s for Retry-After between attempts).
+        Must stay below the consumer's ``max.poll.interval.ms``; the task checks at start."""
+        if not self.warehouse_url.startswith("s3://"):
+            return self.warehouse_flush_timeout_ms
+        attempts = self.s3_max_attempts
+        per_attempt = self.s3_connect_timeout_ms + self.s3_read_timeout_ms
+        return self.warehouse_flush_timeout_ms + attempts * per_attempt + (attempts - 1) * _MAX_BACKOFF_MS
 
     @field_validator("warehouse_url")
     @classmethod

@@ -4,11 +4,13 @@ Both make an object appear whole or not at all, and a second write of a key
 replaces the first; exactly-once relies on both (README, "Exactly once").
 :meth:`Storage.open_object` yields a binary file to write the object into; the
 object is published when the ``with`` block ends without an exception.
+Every storage failure raises :class:`RetriableError`: the records are fine, the store is not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +28,11 @@ class Storage(Protocol):
     def open_object(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         """A file to write ``key`` into; published atomically on a clean exit."""
 
+    def list_keys(self, folder: str) -> list[str]:
+        """Keys of the objects under ``folder`` (a key prefix ending with ``/``)."""
+
+    def read_object(self, key: str) -> bytes: ...
+
     def close(self) -> None: ...
 
 
@@ -40,19 +47,39 @@ class LocalStorage:
     @contextlib.contextmanager
     def open_object(self, key: str) -> Iterator[IO[bytes]]:
         final = self.root / key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # A dot-name with .tmp suffix: never matched by `**/*.parquet` globs.
-        fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # A dot-name with .tmp suffix: never matched by `**/*.parquet` globs.
+            fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        except OSError as exc:
+            raise RetriableError(f"cannot write {key}: {_os_error(exc)}") from None
         try:
             with os.fdopen(fd, "wb") as out:
                 yield out
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temp, final)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
+            if isinstance(exc, OSError):  # disk full, also while the caller wrote into `out`
+                raise RetriableError(f"cannot write {key}: {_os_error(exc)}") from None
             raise
+
+    def list_keys(self, folder: str) -> list[str]:
+        try:
+            return sorted(
+                str(p.relative_to(self.root)) for p in (self.root / folder).rglob("*")
+                if p.is_file() and not p.name.startswith(".")  # skips open_object's temporary files
+            )
+        except OSError as exc:
+            raise RetriableError(f"cannot list {folder}: {_os_error(exc)}") from None
+
+    def read_object(self, key: str) -> bytes:
+        try:
+            return (self.root / key).read_bytes()
+        except OSError as exc:
+            raise RetriableError(f"cannot read {key}: {_os_error(exc)}") from None
 
     def close(self) -> None:
         pass
@@ -79,15 +106,18 @@ class S3Storage:
 
     @classmethod
     def from_url(cls, url: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 max_attempts: int = 5, **kwargs: Any) -> S3Storage:
-        """``s3://bucket/prefix``; credentials come from boto3's usual chain."""
+                 max_attempts: int = 3, connect_timeout: float = 5, read_timeout: float = 30,
+                 **kwargs: Any) -> S3Storage:
+        """``s3://bucket/prefix``; credentials come from boto3's usual chain. The timeouts
+        (seconds) and attempts bound how long one request can take (README, "S3")."""
         import boto3
         from botocore.config import Config
 
         bucket, _, prefix = url[len("s3://"):].partition("/")
         config = Config(
-            retries={"mode": "adaptive", "max_attempts": max_attempts},
-            connect_timeout=10, read_timeout=60,
+            # total_max_attempts counts the first try; botocore's "max_attempts" would not.
+            retries={"mode": "adaptive", "total_max_attempts": max_attempts},
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
             # MinIO and moto serve buckets on the path, not as virtual hosts.
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
@@ -96,11 +126,14 @@ class S3Storage:
 
     @contextlib.contextmanager
     def open_object(self, key: str) -> Iterator[IO[bytes]]:
-        with tempfile.SpooledTemporaryFile(max_size=self.part_size) as spool:
-            yield spool  # type: ignore[misc]
-            size = spool.tell()
-            spool.seek(0)
-            self._upload(spool, key, size)
+        try:
+            with tempfile.SpooledTemporaryFile(max_size=self.part_size) as spool:
+                yield spool  # type: ignore[misc]
+                size = spool.tell()
+                spool.seek(0)
+                self._upload(spool, key, size)
+        except OSError as exc:  # the spool file on a full disk, also while the caller wrote into it
+            raise RetriableError(f"cannot spool {key}: {_os_error(exc)}") from None
 
     def _upload(self, body: IO[bytes], key: str, size: int) -> None:
         from boto3.exceptions import S3UploadFailedError
@@ -112,25 +145,47 @@ class S3Storage:
             else:
                 self.client.upload_fileobj(body, self.bucket, key, ExtraArgs=self.extra, Config=self.transfer)
         except ClientError as exc:
-            raise _storage_error(key, exc) from None
+            raise _storage_error(f"upload of {key}", exc) from None
         except S3UploadFailedError as exc:
             cause = exc.__cause__ or exc.__context__
-            raise _storage_error(key, cause if isinstance(cause, ClientError) else exc) from None
+            raise _storage_error(f"upload of {key}", cause if isinstance(cause, ClientError) else exc) from None
         except BotoCoreError as exc:
             raise RetriableError(f"S3 upload of {key} failed: {type(exc).__name__}") from None
+
+    def list_keys(self, folder: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
+            return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(f"listing of {folder}", exc) from None
+
+    def read_object(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(f"download of {key}", exc) from None
 
     def close(self) -> None:
         self.client.close()
 
 
-def _storage_error(key: str, exc: BaseException) -> RetriableError:
+def _storage_error(what: str, exc: BaseException) -> RetriableError:
     """Every storage failure is retriable: the records are fine, the store is not.
     (A 403/404 is a misconfiguration; retrying until the runtime gives up fails the
     task instead of sending good records to the dead-letter queue.)"""
     response = getattr(exc, "response", None) or {}
     code = response.get("Error", {}).get("Code", type(exc).__name__)
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-    return RetriableError(f"S3 upload of {key} failed after retries: {code} (HTTP {status})")
+    return RetriableError(f"S3 {what} failed after retries: {code} (HTTP {status})")
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError without its file name or message text: the class and errno name."""
+    return f"{type(exc).__name__} {errno.errorcode.get(exc.errno or 0, '')}".strip()
 
 
 def open_storage(url: str, **s3_options: Any) -> Storage:

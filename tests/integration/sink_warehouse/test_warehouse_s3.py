@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
-from common.errors import RetriableError
+from common.errors import PermanentError, RetriableError
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.task import WarehouseSinkTask
 import warehouse_records as helpers
@@ -33,9 +34,14 @@ def s3_task(endpoint: str, bucket: str, context: Any, **settings: Any) -> Wareho
     return task
 
 
-def keys(s3_client: Any, bucket: str) -> list[str]:
+def all_keys(s3_client: Any, bucket: str) -> list[str]:
     response = s3_client.list_objects_v2(Bucket=bucket)
     return sorted(o["Key"] for o in response.get("Contents", []))
+
+
+def keys(s3_client: Any, bucket: str) -> list[str]:
+    """The data files (not the schema manifests under ``_schemas/``)."""
+    return [k for k in all_keys(s3_client, bucket) if "/_schemas/" not in k]
 
 
 def query(root: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -117,7 +123,8 @@ def test_s3_503s_within_the_sdk_retries_lose_nothing(
         s3_endpoint: str, s3_client: Any, bucket: str, context: Any, make_records: Callable[..., Any],
         download: Callable[[], Path]) -> None:
     with FaultProxy(s3_endpoint, fail_first=3) as proxy:
-        task = s3_task(proxy.endpoint_url, bucket, context, s3_max_attempts=5)
+        # 5 attempts fit below max.poll.interval.ms with shorter read timeouts (the task checks at start)
+        task = s3_task(proxy.endpoint_url, bucket, context, s3_max_attempts=5, s3_read_timeout_ms=10_000)
         task.put(make_records(range(100), ts=lambda i: T0 + (i % 3) * HOUR_MS))
         task.flush({})
     assert proxy.failed == 3
@@ -137,7 +144,8 @@ def test_s3_outage_beyond_sdk_retries_is_retriable_and_the_retry_loses_nothing(
         calls = []
 
         def outage_after_first(key: str):  # type: ignore[no-untyped-def]
-            calls.append(key)
+            if key.endswith(".parquet"):  # not the schema manifest, which is written first
+                calls.append(key)
             if len(calls) == 2:
                 proxy.remaining = 10  # S3 goes down mid-flush
             return original(key)
@@ -160,5 +168,27 @@ def test_sse_s3_header_is_sent(s3_endpoint: str, s3_client: Any, bucket: str, co
     task = s3_task(s3_endpoint, bucket, context, s3_sse="AES256")
     task.put(make_records(range(3)))
     task.flush({})
-    key, = keys(s3_client, bucket)
-    assert s3_client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+    data, schema = keys(s3_client, bucket), all_keys(s3_client, bucket)
+    assert len(data) == 1 and len(schema) == 2
+    assert all(s3_client.head_object(Bucket=bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in schema)
+
+
+def test_incompatible_type_change_is_rejected_by_a_new_process_too(
+        s3_endpoint: str, s3_client: Any, bucket: str, context: Any, make_records: Callable[..., Any],
+        download: Callable[[], Path]) -> None:
+    metadata_as_string = helpers.lab_result_schema()
+    for field in metadata_as_string["fields"]:
+        if field["name"] == "metadata":
+            field["type"], field["default"] = "string", ""
+    first = s3_task(s3_endpoint, bucket, context)
+    first.put(make_records(range(3)))
+    first.flush({})
+    (manifest,) = [k for k in all_keys(s3_client, bucket) if k.startswith("warehouse/topic=lab-results/_schemas/")]
+    body = s3_client.get_object(Bucket=bucket, Key=manifest)["Body"].read()
+    assert pa.types.is_map(pa.ipc.open_file(pa.BufferReader(body)).schema.field("metadata").type)
+    restarted = s3_task(s3_endpoint, bucket, context)  # after a restart or rebalance
+    with pytest.raises(PermanentError, match="lab-results/0@3: .*metadata"):
+        restarted.put(make_records([3], schema=metadata_as_string, extra={"metadata": "lab=main"}))
+    restarted.put(make_records(range(4, 6)))
+    restarted.flush({})
+    assert query(download() / "warehouse", "select count(*), count(metadata['lab']) from WAREHOUSE") == [(5, 5)]

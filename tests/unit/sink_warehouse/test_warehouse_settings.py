@@ -33,3 +33,23 @@ def test_bad_settings_name_every_variable() -> None:
 def test_connector_spec_builds_the_task() -> None:
     assert CONNECTOR.name == "sink-warehouse" and CONNECTOR.kind == "sink"
     assert isinstance(CONNECTOR.task_factory(load_settings(WarehouseSettings, {})), WarehouseSinkTask)
+
+
+def test_s3_requests_are_bounded_by_the_timeout_and_attempt_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    settings = load_settings(WarehouseSettings, {"WAREHOUSE_URL": "s3://lake/raw", "S3_REGION": "us-east-1",
+                                                 "S3_CONNECT_TIMEOUT_MS": "2000", "S3_READ_TIMEOUT_MS": "15000"})
+    task = WarehouseSinkTask(settings)
+    task.start(None)  # type: ignore[arg-type]  # builds the S3 client; no request is made
+    config = task.storage.client.meta.config  # type: ignore[union-attr]
+    assert (config.connect_timeout, config.read_timeout) == (2, 15)
+    assert config.retries == {"mode": "adaptive", "total_max_attempts": 3}  # the first try included
+    task.stop()
+
+
+def test_round_time_bound_stays_below_the_default_max_poll_interval() -> None:
+    s3 = load_settings(WarehouseSettings, {"WAREHOUSE_URL": "s3://lake/raw"})
+    # 90 s deadline + 3 attempts x (5 s connect + 30 s read) + 2 backoffs of at most 25 s
+    assert s3.round_time_bound_ms == 90_000 + 3 * 35_000 + 2 * 25_000 < 300_000
+    assert load_settings(WarehouseSettings, {}).round_time_bound_ms == 90_000  # file://: no request timeouts

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
-from common.errors import PermanentError, RetriableError
+from common.errors import ConfigError, PermanentError, RetriableError
 from warehouse_records import HOUR_MS, T0, FakeContext, RecordFactory, lab_result_schema, with_extra_field
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.storage import LocalStorage
@@ -21,7 +26,12 @@ def start_task(root: Path, context: FakeContext, **settings: object) -> Warehous
 
 
 def files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The data files (not the schema manifests under ``_schemas/``)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "_schemas" not in p.parts)
+
+
+def manifests(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.glob("topic=*/_schemas/*"))
 
 
 def rows(root: Path) -> list[tuple[int, int]]:
@@ -96,7 +106,8 @@ def test_failed_flush_is_retried_with_the_same_keys(
         calls = 0
 
         def open_object(self, key: str):  # type: ignore[no-untyped-def]
-            self.calls += 1
+            if key.endswith(".parquet"):  # not the schema manifest
+                self.calls += 1
             if self.calls == 2:
                 raise RetriableError("store unavailable")
             return super().open_object(key)
@@ -192,3 +203,281 @@ def test_timezone_setting_picks_the_local_hour(tmp_path: Path, context: FakeCont
     task.put(make_records([0]))
     task.flush({})
     assert files(tmp_path)[0].startswith("topic=lab-results/dt=2024-06-10/hour=02/")
+
+
+# --- the schema check survives restarts and rebalances (schema manifests in storage) ---
+
+def with_field_type(field_name: str, avro_type: Any, default: Any) -> dict[str, Any]:
+    schema = lab_result_schema()
+    for field in schema["fields"]:
+        if field["name"] == field_name:
+            field["type"], field["default"] = avro_type, default
+    return schema
+
+
+def test_incompatible_type_change_is_still_rejected_after_a_restart(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    metadata_as_string = with_field_type("metadata", "string", "")
+    first = start_task(tmp_path, context)
+    first.put(make_records(range(3)))
+    first.flush({})
+    with pytest.raises(PermanentError, match="metadata"):
+        first.put(make_records([3], schema=metadata_as_string, extra={"metadata": "lab=main"}))
+    restarted = start_task(tmp_path, context)  # a new process: it has seen no schema yet
+    with pytest.raises(PermanentError, match=r"lab-results/0@3: incompatible type change of columns \['metadata'\]"):
+        restarted.put(make_records([3], schema=metadata_as_string, extra={"metadata": "lab=main"}))
+    restarted.put(make_records(range(4, 6)))
+    restarted.flush({})
+    assert duckdb.sql(f"select _kafka_offset, metadata from read_parquet('{tmp_path}/**/*.parquet', "
+                      "union_by_name=true) order by 1").fetchall() == [(i, {"lab": "main"}) for i in (0, 1, 2, 4, 5)]
+
+
+def test_a_schema_another_task_wrote_meanwhile_is_checked_before_a_new_schema_is_accepted(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    task0, task1 = start_task(tmp_path, context), start_task(tmp_path, context)  # one task per partition
+    task0.put(make_records(range(2), partition=0))
+    task1.put(make_records(range(2), partition=1))
+    task0.flush({})
+    task1.flush({})
+    specimen_text = with_extra_field(lab_result_schema(), "specimen")
+    task0.put(make_records(range(2, 4), partition=0, schema=specimen_text, extra={"specimen": "serum"}))
+    task0.flush({})  # after task1 last looked at the manifest
+    widened = with_field_type("version", "long", 1)
+    task1.put(make_records(range(2, 4), partition=1, schema=widened))  # compatible with both
+    task1.flush({})
+    specimen_code = with_extra_field(lab_result_schema(), "specimen", ["null", "long"])
+    with pytest.raises(PermanentError, match=r"lab-results/1@4: .*\['specimen'\]"):
+        task1.put(make_records([4], partition=1, schema=specimen_code, extra={"specimen": 7}))
+    assert len(manifests(tmp_path)) == 3 and len(rows(tmp_path)) == 8
+
+
+def test_records_of_a_rejected_schema_cost_no_further_storage_requests(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    class Counting(LocalStorage):
+        listings = 0
+
+        def list_keys(self, folder: str) -> list[str]:
+            self.listings += 1
+            return super().list_keys(folder)
+
+    first = start_task(tmp_path, context)
+    first.put(make_records(range(3)))
+    first.flush({})
+    storage = Counting(tmp_path)
+    task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}"), storage)
+    task.start(context)
+    metadata_as_string = with_field_type("metadata", "string", "")
+    for offset in range(3, 6):  # the runtime isolates each bad record with its own put
+        with pytest.raises(PermanentError, match=f"lab-results/0@{offset}: .*metadata"):
+            task.put(make_records([offset], schema=metadata_as_string, extra={"metadata": "x"}))
+    assert storage.listings == 1
+
+
+def test_an_unreadable_schema_manifest_is_retriable_not_the_records_fault(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    (tmp_path / "topic=lab-results" / "_schemas").mkdir(parents=True)
+    (tmp_path / "topic=lab-results" / "_schemas" / "0123.arrow").write_bytes(b"not arrow")
+    task = start_task(tmp_path, context)
+    with pytest.raises(RetriableError, match="_schemas/0123.arrow"):
+        task.put(make_records(range(3)))
+
+
+def test_schema_manifest_is_written_once_and_before_the_first_data_file_with_that_schema(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    written: list[str] = []  # by both processes
+
+    class Recording(LocalStorage):
+        def open_object(self, key: str):  # type: ignore[no-untyped-def]
+            written.append(key)
+            return super().open_object(key)
+
+    def recording_task() -> WarehouseSinkTask:
+        task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}"), Recording(tmp_path))
+        task.start(context)
+        return task
+
+    task = recording_task()
+    task.put(make_records(range(3)))
+    task.flush({})
+    task.put(make_records(range(3, 6)))
+    task.flush({})
+    recording_task().put(make_records(range(6, 9)))  # a restart with the same schema
+    (manifest,) = manifests(tmp_path)
+    assert [k.rsplit("/", 2)[-2] for k in written] == ["_schemas", "hour=06", "hour=06"]
+    assert written[0] == manifest
+    stored = pa.ipc.open_file(tmp_path / manifest).schema
+    assert stored.field("metadata").type == pa.map_(pa.string(), pa.field("value", pa.string(), nullable=False))
+    assert stored.field("_kafka_offset").type == pa.int64()
+
+
+def test_unflushed_schema_manifest_is_written_by_the_retry_after_a_failed_flush(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    class DownOnce(LocalStorage):
+        down = True
+
+        def open_object(self, key: str):  # type: ignore[no-untyped-def]
+            if self.down:
+                self.down = False
+                raise RetriableError("store unavailable")
+            return super().open_object(key)
+
+    task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}"), DownOnce(tmp_path))
+    task.start(context)
+    batch = make_records(range(3))
+    task.put(batch)
+    with pytest.raises(RetriableError):
+        task.flush({})  # the manifest write failed, so no data file was written either
+    assert files(tmp_path) == [] and manifests(tmp_path) == []
+    task.abort()
+    task.put(batch)  # the schema is already accepted in this process: no new check
+    task.flush({})
+    assert len(manifests(tmp_path)) == 1 and len(files(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("fmt", ["avro", "jsonl"])
+def test_formats_not_combined_by_column_name_write_no_schema_manifest(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory, fmt: str) -> None:
+    task = start_task(tmp_path, context, warehouse_format=fmt)
+    task.put(make_records(range(3)))
+    task.flush({})
+    assert manifests(tmp_path) == []
+
+
+# --- only encoding errors are the records' fault ---
+
+class FailingWrites:
+    """The task's format, with ``write`` raising ``error`` (a stand-in for pyarrow/fastavro/the disk)."""
+
+    def __init__(self, real: Any, error: BaseException) -> None:
+        self.real, self.error = real, error
+        self.extension = real.extension
+
+    def prepare(self, avro_schema: dict[str, Any]) -> Any:
+        return self.real.prepare(avro_schema)
+
+    def arrow_schema(self, prepared: Any) -> pa.Schema | None:
+        return self.real.arrow_schema(prepared)
+
+    def write(self, out: IO[bytes], prepared: Any, records: Any) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "raised"), [
+    (pa.ArrowInvalid("bad value"), PermanentError),
+    (pa.ArrowNotImplementedError("no such conversion"), PermanentError),
+    (OverflowError("int too big"), PermanentError),
+    (TypeError("not JSON serializable"), PermanentError),
+    (OSError(errno.ENOSPC, "No space left on device"), RetriableError),
+    (pa.ArrowMemoryError("malloc failed"), MemoryError),
+    (MemoryError(), MemoryError),
+    (RuntimeError("a bug"), RuntimeError),
+])
+def test_only_encoding_errors_are_permanent(tmp_path: Path, context: FakeContext, make_records: RecordFactory,
+                                            error: BaseException, raised: type[BaseException]) -> None:
+    task = start_task(tmp_path, context)
+    task.format = FailingWrites(task.format, error)
+    task.put(make_records(range(3)))
+    with pytest.raises(raised) as caught:
+        task.flush({})
+    assert raised is not PermanentError or isinstance(caught.value, PermanentError)
+    if isinstance(caught.value, RetriableError):
+        assert str(caught.value).endswith("OSError ENOSPC")  # no file contents, no OS message text
+    assert files(tmp_path) == []
+
+
+class FullDisk(LocalStorage):
+    """Writes fail with ENOSPC (while encoding, or when publishing) until ``full`` is cleared."""
+
+    def __init__(self, root: Path, when: str) -> None:
+        super().__init__(root)
+        self.full, self.when = True, when
+
+    @contextlib.contextmanager
+    def open_object(self, key: str) -> Iterator[IO[bytes]]:
+        with super().open_object(key) as out:
+            if self.full and self.when == "encoding":
+                def no_space(_: bytes) -> int:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                out.write = no_space  # type: ignore[method-assign]
+            yield out
+            if self.full and self.when == "publishing":
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "avro", "jsonl"])
+@pytest.mark.parametrize("when", ["encoding", "publishing"])
+def test_disk_full_is_retriable_and_the_retry_loses_nothing(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory, fmt: str, when: str) -> None:
+    storage = FullDisk(tmp_path, when)
+    task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}", warehouse_format=fmt), storage)
+    task.start(context)
+    batch = make_records(range(5))
+    task.put(batch)
+    with pytest.raises(RetriableError, match="ENOSPC"):
+        task.flush({})
+    storage.full = False
+    task.abort()
+    task.put(batch)
+    task.flush({})
+    assert files(tmp_path) == [f"topic=lab-results/dt=2024-06-10/hour=06/lab-results+0+0000000000.{fmt}"]
+
+
+# --- a round's storage work ends before max.poll.interval.ms could drop the task ---
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_flush_past_its_deadline_stops_before_the_next_object_and_the_retry_rewrites_the_same_keys(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    clock = Clock()
+
+    class Slow(LocalStorage):
+        def open_object(self, key: str):  # type: ignore[no-untyped-def]
+            clock.now += 0.6  # each object takes 600 ms
+            return super().open_object(key)
+
+    task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}", warehouse_flush_timeout_ms=1000),
+                             Slow(tmp_path), clock=clock)
+    task.start(context)
+    batch = make_records(range(3), ts=lambda i: T0 + i * HOUR_MS)  # three objects
+    task.put(batch)
+    with pytest.raises(RetriableError, match=r"over WAREHOUSE_FLUSH_TIMEOUT_MS \(1000 ms\), before .*\+0000000001"):
+        task.flush({})  # manifest at 0 ms, object 0 at 600 ms, object 1 would start at 1200 ms
+    assert len(files(tmp_path)) == 1
+    task.abort()  # the runtime polls Kafka while it waits, then delivers the same records again
+    clock.now += 60  # the wait does not count against the next round
+    fast = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}", warehouse_flush_timeout_ms=1000),
+                             LocalStorage(tmp_path), clock=clock)
+    fast.start(context)
+    fast.put(batch)
+    fast.flush({})
+    assert [f.rsplit("+", 1)[1] for f in files(tmp_path)] == ["0000000000.parquet", "0000000001.parquet",
+                                                               "0000000002.parquet"]
+    assert rows(tmp_path) == [(0, i) for i in range(3)]
+
+
+def test_each_round_gets_its_own_deadline(tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    clock = Clock()
+    task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}", warehouse_flush_timeout_ms=1000),
+                             LocalStorage(tmp_path), clock=clock)
+    task.start(context)
+    task.put([])
+    task.flush({})  # a round of dead letters only: nothing to write
+    for start in (0, 3):
+        clock.now += 5  # time between rounds (consuming, idle) is not the round's
+        task.put(make_records(range(start, start + 3)))
+        task.flush({})
+    assert len(rows(tmp_path)) == 6
+
+
+def test_a_flush_deadline_that_could_outlast_max_poll_interval_fails_at_start(
+        tmp_path: Path, context: FakeContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_MAX_POLL_INTERVAL_MS", "60000")
+    with pytest.raises(ConfigError, match="WAREHOUSE_FLUSH_TIMEOUT_MS .* KAFKA_MAX_POLL_INTERVAL_MS"):
+        start_task(tmp_path, context)  # 90 s default
+    start_task(tmp_path, context, warehouse_flush_timeout_ms=50_000)
