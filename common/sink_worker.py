@@ -239,7 +239,7 @@ class SinkWorker:
         try:
             self._put_and_flush(records, final)
             self.budget.record_valid(len(records))
-        except (TaskFailed, _Abandoned):
+        except (TaskFailed, _Abandoned, MemoryError):
             raise
         except Exception as exc:
             if self.settings.errors_tolerance == "none":
@@ -272,7 +272,7 @@ class SinkWorker:
             try:
                 self._put_and_flush(records, offsets)
                 self.budget.record_valid()
-            except (TaskFailed, _Abandoned):
+            except (TaskFailed, _Abandoned, MemoryError):
                 raise
             except Exception as exc:
                 self._dead_letter_record(record, exc, "TASK_PUT")
@@ -286,12 +286,14 @@ class SinkWorker:
             try:
                 self._put_and_flush(part, offsets)
                 self.budget.record_valid(len(part))
-            except (TaskFailed, _Abandoned):
+            except (TaskFailed, _Abandoned, MemoryError):
                 raise
             except Exception:
                 self._split(part, final, last=part_is_last)
                 continue
             self._commit(offsets)
+            # Many rounds may run back to back: poll (paused) so the group keeps this member.
+            self._wait_paused(0.01)
 
     def _commit(self, offsets: dict[TP, int]) -> None:
         """Commit what is durable: dead letters first, then the consumer positions."""
