@@ -96,7 +96,8 @@ def run_single_inserts(url: str, records: list[SinkRecord], batch: int) -> list[
                 conn.execute(insert(tables.charges).values(
                     **key, **audit, status="charged", amount=Decimal("9.00"), currency="USD",
                     price_effective_from=now.date(), service_time=e.event_time, charge_event_id=e.event_id,
-                    latest_version=e.version, latest_report_status=e.report_status))
+                    latest_version=e.version, latest_report_status=e.report_status,
+                    latest_event_time=e.event_time))
                 conn.execute(insert(tables.ledger).values(
                     **key, **audit, entry_type="charge", amount=Decimal("9.00"), currency="USD",
                     report_status=e.report_status, version=e.version, service_time=e.event_time))

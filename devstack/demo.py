@@ -95,7 +95,7 @@ def _billing_summary(db: Path) -> dict[str, Any]:
             except sqlite3.OperationalError:
                 return None
         return {
-            "charges": one("SELECT count(*) FROM billing_charges"),
+            "charges": one("SELECT count(*) FROM billing_charges WHERE status <> 'cancelled'"),
             "ledger rows": one("SELECT count(*) FROM billing_ledger"),
             "corrections": one("SELECT count(*) FROM billing_ledger WHERE entry_type = 'correction'"),
             "reversals": one("SELECT count(*) FROM billing_ledger WHERE entry_type = 'reversal'"),

@@ -14,6 +14,8 @@ from common.records import SinkRecord
 
 # FHIR DiagnosticReport.status values that mean "the result is out": the first one bills.
 CHARGING_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
+# Corrections of a released result: never a new charge.
+CORRECTING_STATUSES = CHARGING_STATUSES - {"final"}
 # Retractions: after a charge they produce a reversal.
 REVERSING_STATUSES = frozenset({"cancelled", "entered-in-error"})
 KNOWN_STATUSES = CHARGING_STATUSES | REVERSING_STATUSES | {"registered", "partial", "preliminary"}

@@ -20,6 +20,10 @@ from common.errors import ConfigError
 
 COLUMNS = ("test_code", "price", "currency", "effective_from", "effective_to")
 _SETTING = "BILLING_PRICE_LIST"
+# The money columns are NUMERIC(12, 2): the database would round a third decimal silently and
+# reject 10**10 or more on every event priced by that row, so such prices are refused up front.
+_CENT = Decimal("0.01")
+_PRICE_LIMIT = Decimal(10) ** 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,10 @@ def parse_price_rows(rows: Iterable[dict[str, str]]) -> PriceList:
                 raise ValueError("price must be a non-negative number") from None
             if not amount.is_finite() or amount < 0:
                 raise ValueError("price must be a non-negative number")
+            if amount >= _PRICE_LIMIT:
+                raise ValueError(f"price must be less than {_PRICE_LIMIT:f}")
+            if amount != amount.quantize(_CENT):
+                raise ValueError("price has more than 2 decimal places")
             start = date.fromisoformat((row.get("effective_from") or "").strip())
             end_text = (row.get("effective_to") or "").strip()
             end = date.fromisoformat(end_text) if end_text else None

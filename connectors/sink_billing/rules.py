@@ -1,23 +1,31 @@
 """Billing follows the report's life (domain rule 5), as pure functions.
 
-Per bill key (source system, accession, ordered test):
+Per bill key (source system, accession, ordered test), "newer" meaning a higher
+version than the stored ``latest_version``:
 
 =============================  ==================  =====================================
 current state                  event               outcome
 =============================  ==================  =====================================
-no charge                      final-like, priced  ``charge`` ledger row (+price), state charged
-no charge                      final-like, no price  unpriced row for review, no state
-no charge                      cancelled/EIE       nothing (nothing was billed)
+none                           final-like, priced  ``charge`` ledger row (+price), state charged
+none                           final-like, no price  unpriced row for review, no state
+none                           cancelled/EIE       state cancelled (amount 0, its version), no ledger row
+cancelled                      final-like, newer   as for none (re-released after the retraction)
+cancelled                      cancelled/EIE, newer  state keeps cancelled, latest version moves
+cancelled                      anything else       nothing (a re-sent or re-driven older final)
 charged                        final-like, newer   ``correction`` ledger row (0), latest version moves
-charged                        final-like, not newer  nothing (duplicate or stale)
-charged                        cancelled/EIE       ``reversal`` ledger row (−amount), state reversed
+charged                        correction, same version, later event time  ``correction`` ledger row (0)
+charged                        final-like, otherwise  nothing (duplicate or stale)
+charged                        cancelled/EIE, same or newer  ``reversal`` ledger row (−amount), state reversed
+charged                        cancelled/EIE, older  nothing (stale)
 reversed                       anything            nothing (a reversal is final)
 any                            registered/partial/preliminary  nothing
 =============================  ==================  =====================================
 
 "final-like" is final, amended, corrected or appended: a correction seen before
-its final (the final was missed) still bills, once. Nothing here touches a
-database, so the whole table is unit-tested.
+its final (the final was missed) still bills, once. HL7 versions are ordinal by
+status (every correction is version 3), so a correction of the same version
+counts when its event time is later; re-reading it or an older one does nothing.
+Nothing here touches a database, so the whole table is unit-tested.
 """
 
 from __future__ import annotations
@@ -27,28 +35,40 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal
 
-from connectors.sink_billing.events import CHARGING_STATUSES, REVERSING_STATUSES, BillingEvent, BillKey
+from connectors.sink_billing.events import (
+    CHARGING_STATUSES, CORRECTING_STATUSES, REVERSING_STATUSES, BillingEvent, BillKey,
+)
 from connectors.sink_billing.price_list import PriceList
 
-ChargeStatus = Literal["charged", "reversed"]
+ChargeStatus = Literal["charged", "reversed", "cancelled"]
 EntryType = Literal["charge", "correction", "reversal"]
 UnpricedReason = Literal["not_on_price_list", "no_price_on_service_date"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChargeState:
-    """One row of ``billing_charges``: what is billed for a bill key now."""
+    """One row of ``billing_charges``: what is billed for a bill key now.
+
+    A ``cancelled`` row records a retraction that came before any charge: amount 0 and
+    no price or charge event (those fields are None), only the retraction's version.
+    """
 
     key: BillKey
     status: ChargeStatus
     amount: Decimal
-    currency: str
-    price_effective_from: date
-    service_time: datetime
-    charge_event_id: str
+    currency: str | None
+    price_effective_from: date | None
+    service_time: datetime | None
+    charge_event_id: str | None
     latest_version: int
+    latest_event_time: datetime
     # The event that last changed this row (its audit trail); None when loaded from the database.
     latest_event: BillingEvent | None = None
+
+    def moved_to(self, event: BillingEvent, status: ChargeStatus | None = None) -> ChargeState:
+        """This state after ``event`` changed it: the latest_* columns follow the event."""
+        return replace(self, status=status or self.status, latest_version=event.version,
+                       latest_event_time=event.event_time, latest_event=event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +112,22 @@ class ChargeRules:
         if status in CHARGING_STATUSES:
             if state is None:
                 return self._first_final(event)
-            if state.status == "charged" and event.version > state.latest_version:
-                new = replace(state, latest_version=event.version, latest_event=event)
-                return Outcome(new, LedgerEntry(event, "correction", Decimal("0"), state.currency))
+            if state.status == "cancelled":
+                # Not newer than the retraction: a re-sent or re-driven final of a cancelled test.
+                return self._first_final(event) if event.version > state.latest_version else NOTHING
+            if state.status == "charged" and _corrects(state, event):
+                assert state.currency is not None  # a charged row always carries its price
+                return Outcome(state.moved_to(event), LedgerEntry(event, "correction", Decimal("0"), state.currency))
             return NOTHING
-        if status in REVERSING_STATUSES and state is not None and state.status == "charged":
-            new = replace(state, status="reversed", latest_version=max(state.latest_version, event.version),
-                          latest_event=event)
-            return Outcome(new, LedgerEntry(event, "reversal", -state.amount, state.currency))
+        if status in REVERSING_STATUSES:
+            if state is None:
+                return Outcome(_cancelled(event))
+            if state.status == "cancelled" and event.version > state.latest_version:
+                return Outcome(state.moved_to(event))
+            if state.status == "charged" and event.version >= state.latest_version:
+                assert state.currency is not None
+                return Outcome(state.moved_to(event, "reversed"),
+                               LedgerEntry(event, "reversal", -state.amount, state.currency))
         return NOTHING
 
     def _first_final(self, event: BillingEvent) -> Outcome:
@@ -112,9 +140,26 @@ class ChargeRules:
         state = ChargeState(
             key=event.key, status="charged", amount=price.amount, currency=price.currency,
             price_effective_from=price.effective_from, service_time=event.event_time,
-            charge_event_id=event.event_id, latest_version=event.version, latest_event=event,
+            charge_event_id=event.event_id, latest_version=event.version, latest_event_time=event.event_time,
+            latest_event=event,
         )
         return Outcome(state, LedgerEntry(event, "charge", price.amount, price.currency))
+
+
+def _corrects(state: ChargeState, event: BillingEvent) -> bool:
+    """A newer version, or (HL7: every correction is version 3) a later correction of the same version."""
+    if event.version != state.latest_version:
+        return event.version > state.latest_version
+    return event.report_status in CORRECTING_STATUSES and event.event_time > state.latest_event_time
+
+
+def _cancelled(event: BillingEvent) -> ChargeState:
+    """A retraction before any charge, kept so that a final no newer than it never bills."""
+    return ChargeState(
+        key=event.key, status="cancelled", amount=Decimal("0"), currency=None, price_effective_from=None,
+        service_time=None, charge_event_id=None, latest_version=event.version, latest_event_time=event.event_time,
+        latest_event=event,
+    )
 
 
 @dataclass
@@ -129,18 +174,20 @@ class BatchOutcome:
 def fold_batch(rules: ChargeRules, current: dict[BillKey, ChargeState], events: list[BillingEvent]) -> BatchOutcome:
     """Apply ``events`` in arrival order on top of the stored states ``current``.
 
-    An event id seen twice in the batch is applied once (duplicates are normal
-    upstream). ``charges`` holds only the keys whose state changed.
+    An event seen twice in the batch is applied once (duplicates are normal
+    upstream). Identity is the event id *and* the bill key: a report event's id
+    does not name the test, so the tests of one report can share it.
+    ``charges`` holds only the keys whose state changed.
     """
     states = dict(current)
     changed: dict[BillKey, ChargeState] = {}
     ledger: list[LedgerEntry] = []
     unpriced: list[UnpricedEvent] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, BillKey]] = set()
     for event in events:
-        if event.event_id in seen:
+        if (event.event_id, event.key) in seen:
             continue
-        seen.add(event.event_id)
+        seen.add((event.event_id, event.key))
         outcome = rules.apply(states.get(event.key), event)
         if outcome.state is not None:
             states[event.key] = changed[event.key] = outcome.state

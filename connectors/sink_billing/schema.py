@@ -6,6 +6,7 @@ No alembic.ini is needed: the Alembic Config is built here with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.config import WorkerSettings
@@ -63,12 +64,42 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision, in one transaction."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (default: the newest), in one transaction."""
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (``base``: no tables), in one transaction."""
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
     config = alembic_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations copy a table and drop the original, which an enforced foreign key to it
+            # forbids; the pragma only takes effect outside a transaction (SQLite's "ALTER TABLE" recipe).
+            _sqlite_foreign_keys(conn, "OFF")
+        try:
+            with conn.begin():
+                if sqlite:
+                    conn.exec_driver_sql("BEGIN")  # pysqlite runs DDL outside a transaction until the first DML
+                config.attributes["connection"] = conn
+                step(config, revision)
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise RuntimeError("the billing migration left a ledger row without its charge; rolled back")
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(conn, "ON")  # the connection goes back to the pool
+
+
+def _sqlite_foreign_keys(conn: Connection, state: str) -> None:
+    # A setting of the connection, not a statement of a transaction: the migration stays one commit.
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA foreign_keys={state}")
 
 
 def migrate(settings: WorkerSettings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger, CheckConstraint, Column, Date, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, Numeric,
-    String, Table,
+    PrimaryKeyConstraint, String, Table, text,
 )
 
 # Named constraints: an IntegrityError then names the rule a row broke (no values).
@@ -25,19 +25,31 @@ MONEY = Numeric(12, 2)
 TZ_TIME = DateTime(timezone=True)
 
 
-def _bill_key() -> list[Column]:  # type: ignore[type-arg]
+BILL_KEY = ("accession", "test_code", "source_system")
+# A report event's id does not name the test (the tests of one report share it): rows keyed by event are
+# keyed by event and bill key.
+EVENT_PER_BILL_KEY = ("event_id", *BILL_KEY)
+# At most one charge per bill key, whichever task writes it (the writer retries a violation).
+ONE_CHARGE_INDEX = "ux_billing_ledger_one_charge"
+CHARGE_ROWS = "entry_type = 'charge'"
+# A charged or reversed row names its price and charge event; a cancelled one (no charge yet) none.
+CHARGED_OR_CANCELLED = (
+    "(status <> 'cancelled' AND currency IS NOT NULL AND price_effective_from IS NOT NULL"
+    " AND service_time IS NOT NULL AND charge_event_id IS NOT NULL)"
+    " OR (status = 'cancelled' AND amount = 0 AND currency IS NULL AND price_effective_from IS NULL"
+    " AND service_time IS NULL AND charge_event_id IS NULL)"
+)
+
+
+def _bill_key(primary_key: bool) -> list[Column]:  # type: ignore[type-arg]
     # accession first: the writer looks charges up by accession.
-    return [
-        Column("accession", String(64), primary_key=True),
-        Column("test_code", String(64), primary_key=True),
-        Column("source_system", String(64), primary_key=True),
-    ]
+    return [Column(name, String(64), primary_key=primary_key, nullable=False) for name in BILL_KEY]
 
 
-def _audit(kind: str) -> list[Column]:  # type: ignore[type-arg]
+def _audit() -> list[Column]:  # type: ignore[type-arg]
     """Domain rule 7: every row names its event, source message and Kafka position."""
     return [
-        Column("event_id", String(64), primary_key=(kind == "event"), nullable=False),
+        Column("event_id", String(64), nullable=False),
         Column("source_message_id", String(255), nullable=False),
         Column("kafka_topic", String(249), nullable=False),
         Column("kafka_partition", Integer, nullable=False),
@@ -52,17 +64,20 @@ def _not_empty(*names: str) -> list[CheckConstraint]:
 
 charges = Table(
     "billing_charges", metadata,
-    *_bill_key(),
+    *_bill_key(primary_key=True),
     Column("status", String(16), nullable=False),
     Column("amount", MONEY, nullable=False),
-    Column("currency", String(3), nullable=False),
-    Column("price_effective_from", Date, nullable=False),
-    Column("service_time", TZ_TIME, nullable=False),
-    Column("charge_event_id", String(64), nullable=False),
+    # NULL only in a 'cancelled' row (a retraction before any charge): nothing was priced.
+    Column("currency", String(3), nullable=True),
+    Column("price_effective_from", Date, nullable=True),
+    Column("service_time", TZ_TIME, nullable=True),
+    Column("charge_event_id", String(64), nullable=True),
     Column("latest_version", Integer, nullable=False),
     Column("latest_report_status", String(32), nullable=False),
-    *_audit("latest"),
-    CheckConstraint("status IN ('charged', 'reversed')", name="status"),
+    *_audit(),
+    Column("latest_event_time", TZ_TIME, nullable=False),
+    CheckConstraint("status IN ('charged', 'reversed', 'cancelled')", name="status"),
+    CheckConstraint(CHARGED_OR_CANCELLED, name="charged_or_cancelled"),
     CheckConstraint("amount >= 0", name="amount_not_negative"),
     CheckConstraint("length(currency) = 3", name="currency_iso"),
     *_not_empty("accession", "test_code", "source_system"),
@@ -70,10 +85,8 @@ charges = Table(
 
 ledger = Table(
     "billing_ledger", metadata,
-    *_audit("event"),
-    Column("accession", String(64), nullable=False),
-    Column("test_code", String(64), nullable=False),
-    Column("source_system", String(64), nullable=False),
+    *_audit(),
+    *_bill_key(primary_key=False),
     Column("entry_type", String(16), nullable=False),
     Column("amount", MONEY, nullable=False),
     Column("currency", String(3), nullable=False),
@@ -85,24 +98,26 @@ ledger = Table(
         " OR (entry_type = 'reversal' AND amount <= 0)",
         name="entry_sign",
     ),
+    PrimaryKeyConstraint(*EVENT_PER_BILL_KEY),
     ForeignKeyConstraint(
         ["accession", "test_code", "source_system"],
         ["billing_charges.accession", "billing_charges.test_code", "billing_charges.source_system"],
     ),
     Index("ix_billing_ledger_bill_key", "accession", "test_code", "source_system"),
+    Index(ONE_CHARGE_INDEX, *BILL_KEY, unique=True,
+          postgresql_where=text(CHARGE_ROWS), sqlite_where=text(CHARGE_ROWS)),
 )
 
 unpriced_events = Table(
     "billing_unpriced_events", metadata,
-    *_audit("event"),
-    Column("accession", String(64), nullable=False),
-    Column("test_code", String(64), nullable=False),
-    Column("source_system", String(64), nullable=False),
+    *_audit(),
+    *_bill_key(primary_key=False),
     Column("reason", String(32), nullable=False),
     Column("report_status", String(32), nullable=False),
     Column("version", Integer, nullable=False),
     Column("service_time", TZ_TIME, nullable=False),
     Column("reviewed_at", TZ_TIME, nullable=True),
+    PrimaryKeyConstraint(*EVENT_PER_BILL_KEY),
     CheckConstraint("reason IN ('not_on_price_list', 'no_price_on_service_date')", name="reason"),
     *_not_empty("accession", "test_code", "source_system"),
     Index("ix_billing_unpriced_events_test_code", "test_code"),

@@ -1,10 +1,13 @@
 """ChargeWriter: one flush = one database transaction with the billing rows and the offsets.
 
 Read the stored charge states of the batch's bill keys, fold the batch through
-the rules, upsert the changed charges, insert ledger and unpriced rows (the event
-id is their primary key, so a re-delivered event is a no-op even without the
-offsets table) and upsert the consumed offsets -- then commit. A crash anywhere
-before the commit leaves nothing; the runtime seeks back to the stored offsets.
+the rules, upsert the changed charges, insert ledger and unpriced rows (event id
+and bill key are their primary key, so a re-delivered event is a no-op even
+without the offsets table) and upsert the consumed offsets -- then commit. A crash
+anywhere before the commit leaves nothing; the runtime seeks back to the stored
+offsets. Two tasks that charge one bill key at once (its events on two partitions)
+collide on the ledger's one-charge index: the later one is retried, re-reading
+the charge the other committed.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from connectors.sink_billing.rules import BatchOutcome, ChargeRules, ChargeState
 
 _LOOKUP_CHUNK = 1000
 _SQLITE_CONSTRAINT = re.compile(r"(CHECK|UNIQUE|NOT NULL|FOREIGN KEY) constraint failed(: [\w.]+)?")
-_CHARGE_UPDATES = ("status", "latest_version", "latest_report_status", "event_id", "source_message_id",
-                   "kafka_topic", "kafka_partition", "kafka_offset", "processed_at")
+# Every column but the key: a cancelled row that is charged later gets its price too.
+_CHARGE_UPDATES = tuple(c.name for c in tables.charges.columns if not c.primary_key)
+# SQLite names a unique index by its columns (PostgreSQL by name, see _constraint_name).
+_SQLITE_ONE_CHARGE = "UNIQUE constraint failed: " + ", ".join(f"billing_ledger.{c}" for c in tables.BILL_KEY)
 
 
 class ChargeWriter:
@@ -60,11 +65,11 @@ class ChargeWriter:
             outcome = fold_batch(self.rules, current, list(events))
             now = datetime.now(timezone.utc)
             self.upsert(conn, tables.charges, [_charge_row(s, now) for s in outcome.charges.values()],
-                        keys=("accession", "test_code", "source_system"), update=_CHARGE_UPDATES)
+                        keys=tables.BILL_KEY, update=_CHARGE_UPDATES)
             self.upsert(conn, tables.ledger, [_ledger_row(e.event, e.entry_type, e.amount, e.currency, now)
-                                              for e in outcome.ledger], keys=("event_id",))
+                                              for e in outcome.ledger], keys=tables.EVENT_PER_BILL_KEY)
             self.upsert(conn, tables.unpriced_events, [_unpriced_row(u.event, u.reason, now)
-                                                       for u in outcome.unpriced], keys=("event_id",))
+                                                       for u in outcome.unpriced], keys=tables.EVENT_PER_BILL_KEY)
             _store_offsets(conn, offsets, now)
         return outcome
 
@@ -74,7 +79,8 @@ class ChargeWriter:
         t = tables.charges
         accessions = sorted({k.accession for k in keys})
         columns = (t.c.accession, t.c.test_code, t.c.source_system, t.c.status, t.c.amount, t.c.currency,
-                   t.c.price_effective_from, t.c.service_time, t.c.charge_event_id, t.c.latest_version)
+                   t.c.price_effective_from, t.c.service_time, t.c.charge_event_id, t.c.latest_version,
+                   t.c.latest_event_time)
         # By accession (the primary key's first column), then exact keys here: one parameter per accession
         # (PostgreSQL: a single array parameter), not three per key.
         if conn.dialect.name == "postgresql":
@@ -89,7 +95,8 @@ class ChargeWriter:
                 key = BillKey(row.source_system, row.accession, row.test_code)
                 if key in keys:
                     states[key] = ChargeState(key, row.status, row.amount, row.currency, row.price_effective_from,
-                                              row.service_time, row.charge_event_id, row.latest_version)
+                                              row.service_time, row.charge_event_id, row.latest_version,
+                                              _utc(row.latest_event_time))
         return states
 
 
@@ -108,6 +115,11 @@ def _store_offsets(conn: Connection, offsets: dict[TopicPartition, int], now: da
     ))
 
 
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive times (stored as UTC): comparable with the events' aware ones."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
 def _audit(event: BillingEvent, now: datetime) -> dict[str, Any]:
     return {"event_id": event.event_id, "source_message_id": event.source_message_id,
             "kafka_topic": event.topic, "kafka_partition": event.partition, "kafka_offset": event.offset,
@@ -124,7 +136,8 @@ def _charge_row(state: ChargeState, now: datetime) -> dict[str, Any]:
     return {**_key(state.key), "status": state.status, "amount": state.amount, "currency": state.currency,
             "price_effective_from": state.price_effective_from, "service_time": state.service_time,
             "charge_event_id": state.charge_event_id, "latest_version": state.latest_version,
-            "latest_report_status": latest.report_status, **_audit(latest, now)}
+            "latest_report_status": latest.report_status, **_audit(latest, now),
+            "latest_event_time": state.latest_event_time}
 
 
 def _ledger_row(event: BillingEvent, entry_type: str, amount: Any, currency: str, now: datetime) -> dict[str, Any]:
@@ -162,6 +175,10 @@ class _classified:
             return False
         if isinstance(error, (PermanentError, RetriableError)):
             return False
+        if _is_concurrent_charge(error):
+            # Not the record's fault: the retry re-reads the other task's charge and folds on top of it.
+            raise RetriableError(f"{self.what}: a bill key was charged concurrently by another task "
+                                 f"({tables.ONE_CHARGE_INDEX})") from error
         if _is_constraint_violation(error):
             raise PermanentError(f"{self.what}: a row violates {_constraint_name(error)}") from error
         if isinstance(error, SQLAlchemyError) or _is_dbapi_error(error):
@@ -182,6 +199,15 @@ def _is_dbapi_error(error: BaseException) -> bool:
 def _is_constraint_violation(error: BaseException) -> bool:
     names = {c.__name__ for c in type(_dbapi(error)).__mro__}
     return bool(names & {"IntegrityError", "DataError"})
+
+
+def _is_concurrent_charge(error: BaseException) -> bool:
+    """A violation of the one-charge-per-bill-key index, and of no other rule."""
+    orig = _dbapi(error)
+    diag = getattr(orig, "diag", None)
+    if diag is not None:
+        return getattr(diag, "constraint_name", None) == tables.ONE_CHARGE_INDEX
+    return _is_constraint_violation(error) and str(orig).strip() == _SQLITE_ONE_CHARGE
 
 
 def _error_class(error: BaseException) -> str:

@@ -128,3 +128,46 @@ def test_migrated_schema_matches_the_writer_tables(billing_db: BillingDatabase) 
     with billing_db.engine().connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(context, tables.metadata) == []
+
+
+def test_cancellation_before_the_final_is_kept_and_only_a_newer_final_bills(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    deliver(task, [stream.report("cancelled", version=4)], stream.positions())
+    deliver(task, [stream.report("final", version=2)], stream.positions())  # re-driven from the DLQ
+    assert charge_counts(billing_db.engine()) == {}
+    with billing_db.engine().connect() as conn:
+        charge = conn.execute(select(tables.charges)).one()
+    assert (charge.status, charge.amount, charge.latest_version, charge.currency) == ("cancelled", 0, 4, None)
+    deliver(task, [stream.report("final", version=5)], stream.positions())  # released again
+    counts = charge_counts(billing_db.engine())[KEY]
+    assert (counts.charges, counts.net_amount) == (1, Decimal("9.00"))
+
+
+def test_every_test_of_a_report_sharing_one_event_id_is_billed(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    for code in (GLUCOSE, "718-7", UNPRICED):
+        stream.report("final", test_code=code, event_id="E1")
+    deliver(task, stream.records[:1], stream.positions(stream.records[:1]))
+    deliver(task, stream.records[1:], stream.positions())
+    deliver(task, stream.records, stream.positions())  # re-read
+    counts = charge_counts(billing_db.engine())
+    assert {k.test_code: (c.charges, c.net_amount) for k, c in counts.items()} == {
+        GLUCOSE: (1, Decimal("9.00")), "718-7": (1, Decimal("6.25"))}
+    with billing_db.engine().connect() as conn:
+        assert [r.test_code for r in conn.execute(select(tables.unpriced_events))] == [UNPRICED]
+
+
+def test_hl7_corrections_of_one_version_are_each_recorded_once(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    stream.report("final", version=2)
+    stream.report("corrected", version=3, event_id="C1")
+    stream.report("corrected", version=3, event_id="C2")
+    for record in stream.records:
+        deliver(task, [record], stream.positions([record]))
+    before = table_snapshot(billing_db.engine())
+    deliver(task, stream.records, stream.positions())
+    assert table_snapshot(billing_db.engine()) == before
+    counts = charge_counts(billing_db.engine())[KEY]
+    assert (counts.charges, counts.corrections, counts.net_amount) == (1, 2, Decimal("9.00"))
+    with billing_db.engine().connect() as conn:
+        assert conn.execute(select(tables.charges.c.event_id)).scalar() == "C2"

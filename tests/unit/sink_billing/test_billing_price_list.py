@@ -62,3 +62,24 @@ def test_missing_file_and_missing_columns_are_configuration_errors(tmp_path: Pat
 
 def test_parse_rows_builds_an_empty_list_from_no_rows() -> None:
     assert len(parse_price_rows([])) == 0
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("X,1.255,USD,2024-01-01,", "line 3: price has more than 2 decimal places"),
+    ("X,10000000000,USD,2024-01-01,", "line 3: price must be less than 10000000000"),
+    ("X,1E+10,USD,2024-01-01,", "line 3: price must be less than 10000000000"),
+    ("X,1E+30,USD,2024-01-01,", "line 3: price must be less than 10000000000"),
+    ("X,0.001,USD,2024-01-01,", "line 3: price has more than 2 decimal places"),
+])
+def test_prices_the_money_column_cannot_hold_exactly_are_rejected_naming_the_line(
+        tmp_path: Path, row: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"BILLING_PRICE_LIST: {problem}"):
+        load_price_list(write_csv(tmp_path, "Y,1.00,USD,2024-01-01,\n" + row + "\n"))
+
+
+def test_prices_that_fit_the_money_column_load_unchanged(tmp_path: Path) -> None:
+    prices = load_price_list(write_csv(tmp_path, "X,9999999999.99,USD,2024-01-01,\nY,1.250,USD,2024-01-01,\n"
+                                                 "Z,7,USD,2024-01-01,\n"))
+    assert prices.lookup("X", date(2024, 1, 1)).amount == Decimal("9999999999.99")  # type: ignore[union-attr]
+    assert prices.lookup("Y", date(2024, 1, 1)).amount == Decimal("1.25")  # type: ignore[union-attr]
+    assert prices.lookup("Z", date(2024, 1, 1)).amount == Decimal("7")  # type: ignore[union-attr]

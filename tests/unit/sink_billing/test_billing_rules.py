@@ -8,7 +8,7 @@ import pytest
 
 from connectors.sink_billing.events import BillingEvent, billing_event
 from connectors.sink_billing.price_list import load_price_list
-from connectors.sink_billing.rules import ChargeRules, ChargeState, fold_batch
+from connectors.sink_billing.rules import NOTHING, ChargeRules, ChargeState, fold_batch
 from connectors.sink_billing.settings import EXAMPLE_PRICE_LIST
 from tests.unit.sink_billing.billing_records import GLUCOSE, UNPRICED, ReportStream
 
@@ -71,11 +71,6 @@ def test_retraction_after_charge_reverses_with_the_negative_charged_amount(statu
     assert outcome.state is not None and outcome.state.status == "reversed"
 
 
-def test_retraction_without_a_charge_does_nothing() -> None:
-    outcome = RULES.apply(None, event(ReportStream(), "cancelled"))
-    assert outcome.state is None and outcome.ledger is None and outcome.unpriced is None
-
-
 @pytest.mark.parametrize("status", ["final", "corrected", "cancelled", "entered-in-error"])
 def test_a_reversal_is_final(status: str) -> None:
     stream = ReportStream()
@@ -113,3 +108,122 @@ def test_fold_reports_only_changed_charges() -> None:
     stored = charged(stream, version=2)
     outcome = fold_batch(RULES, {stored.key: stored}, [event(stream, "final", version=2)])
     assert outcome.charges == {} and outcome.ledger == []
+
+
+# --- Retractions before any charge are remembered (a re-sent final must not bill a cancelled test) ---
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error"])
+def test_retraction_without_a_charge_is_recorded_with_its_version_and_no_money(status: str) -> None:
+    outcome = RULES.apply(None, event(ReportStream(), status, version=4))
+    assert outcome.ledger is None and outcome.unpriced is None
+    assert outcome.state is not None
+    assert (outcome.state.status, outcome.state.latest_version, outcome.state.amount) == ("cancelled", 4, 0)
+    assert outcome.state.charge_event_id is None
+
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_redriven_final_not_newer_than_the_recorded_retraction_does_not_charge(version: int) -> None:
+    stream = ReportStream()
+    cancelled = RULES.apply(None, event(stream, "cancelled", version=4)).state
+    outcome = RULES.apply(cancelled, event(stream, "final", version=version))
+    assert outcome.state is None and outcome.ledger is None and outcome.unpriced is None
+
+
+def test_final_newer_than_the_recorded_retraction_charges_once() -> None:
+    stream = ReportStream()
+    cancelled = RULES.apply(None, event(stream, "cancelled", version=4)).state
+    outcome = RULES.apply(cancelled, event(stream, "final", version=5))
+    assert outcome.ledger is not None and (outcome.ledger.entry_type, outcome.ledger.amount) == ("charge", 9)
+    assert outcome.state is not None and (outcome.state.status, outcome.state.latest_version) == ("charged", 5)
+
+
+def test_a_newer_retraction_moves_the_recorded_version_and_an_older_one_does_not() -> None:
+    stream = ReportStream()
+    cancelled = RULES.apply(None, event(stream, "cancelled", version=4)).state
+    newer = RULES.apply(cancelled, event(stream, "entered-in-error", version=6))
+    assert newer.state is not None and newer.state.latest_version == 6 and newer.ledger is None
+    assert RULES.apply(newer.state, event(stream, "final", version=5)) == NOTHING
+    assert RULES.apply(cancelled, event(stream, "cancelled", version=3)) == NOTHING
+
+
+def test_fold_a_cancellation_then_its_redriven_final_bills_nothing() -> None:
+    stream = ReportStream()
+    outcome = fold_batch(RULES, {}, [event(stream, "cancelled", version=4), event(stream, "final", version=2)])
+    assert outcome.ledger == [] and outcome.unpriced == []
+    (state,) = outcome.charges.values()
+    assert (state.status, state.latest_version) == ("cancelled", 4)
+
+
+# --- Versions order retractions too, and re-reading changes nothing ---
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error"])
+def test_stale_retraction_after_a_newer_final_does_not_reverse(status: str) -> None:
+    stream = ReportStream()
+    assert RULES.apply(charged(stream, version=5), event(stream, status, version=1)) == NOTHING
+
+
+def test_retraction_of_the_same_version_as_the_charge_reverses() -> None:
+    stream = ReportStream()
+    outcome = RULES.apply(charged(stream, version=4), event(stream, "cancelled", version=4))
+    assert outcome.ledger is not None and outcome.ledger.entry_type == "reversal"
+
+
+def test_re_reading_every_event_on_top_of_the_stored_states_changes_nothing() -> None:
+    stream = ReportStream()
+    events = [
+        event(stream, "final", version=2), event(stream, "corrected", version=3, event_id="C1"),
+        event(stream, "corrected", version=3, event_id="C2"), event(stream, "cancelled", version=4),
+        event(stream, "entered-in-error", version=1),
+        event(stream, "final", accession="ACC2", version=5), event(stream, "entered-in-error", accession="ACC2"),
+        event(stream, "cancelled", accession="ACC3", version=4), event(stream, "final", accession="ACC3", version=2),
+        event(stream, "final", accession="ACC4", version=2), event(stream, "corrected", accession="ACC4", version=3,
+                                                                    event_id="C4"),
+    ]
+    first = fold_batch(RULES, {}, events)
+    again = fold_batch(RULES, first.charges, events)
+    assert again.charges == {} and again.ledger == []
+    for start in range(len(events)):  # re-read from any offset
+        assert fold_batch(RULES, first.charges, events[start:]).ledger == []
+
+
+# --- Equal versions: HL7 gives every correction version 3 ---
+
+def test_second_correction_with_the_same_version_but_later_time_is_recorded() -> None:
+    stream = ReportStream()
+    state = charged(stream, version=2)
+    first = RULES.apply(state, event(stream, "corrected", version=3, event_id="C1"))
+    assert first.state is not None
+    second = RULES.apply(first.state, event(stream, "corrected", version=3, event_id="C2"))  # one offset later
+    assert second.ledger is not None and (second.ledger.entry_type, second.ledger.amount) == ("correction", 0)
+    assert second.state is not None and second.state.latest_event is second.ledger.event
+    assert second.state.latest_event_time == second.ledger.event.event_time
+    assert second.state.charge_event_id == state.charge_event_id and second.state.amount == state.amount
+
+
+def test_equal_version_correction_that_is_not_later_does_nothing() -> None:
+    stream = ReportStream(next_offset=10)
+    later = event(stream, "corrected", version=3, event_id="C2")
+    state = RULES.apply(charged(ReportStream(), version=2), later).state
+    assert RULES.apply(state, later) == NOTHING  # the same correction again
+    earlier = event(ReportStream(next_offset=5), "corrected", version=3, event_id="C1")
+    assert RULES.apply(state, earlier) == NOTHING  # an older correction, re-read
+
+
+def test_equal_version_final_with_a_later_time_is_not_a_correction() -> None:
+    stream = ReportStream()
+    state = charged(stream, version=2)
+    assert RULES.apply(state, event(stream, "final", version=2, event_id="F2")) == NOTHING
+
+
+# --- Event ids are shared by a report's tests: de-duplicate per bill key ---
+
+def test_fold_bills_every_test_of_a_report_sharing_one_event_id() -> None:
+    stream = ReportStream()
+    events = [event(stream, "final", test_code=GLUCOSE, event_id="E1"),
+              event(stream, "final", test_code="718-7", event_id="E1"),
+              event(stream, "final", test_code=UNPRICED, event_id="E1"),
+              event(stream, "final", test_code="718-7", event_id="E1")]  # a true duplicate
+    outcome = fold_batch(RULES, {}, events)
+    assert sorted((e.event.key.test_code, e.entry_type) for e in outcome.ledger) == [
+        ("2345-7", "charge"), ("718-7", "charge")]
+    assert [u.event.key.test_code for u in outcome.unpriced] == [UNPRICED]
