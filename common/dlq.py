@@ -82,7 +82,10 @@ class DeadLetterQueue:
     sources, so they commit with the batch; an idempotent producer for sinks, flushed
     before each offset commit)."""
 
-    def __init__(self, producer: Any, topic: str, connector: str, task_id: int, context_headers: bool = True) -> None:
+    def __init__(self, producer: Any, topic: str, connector: str, task_id: int, context_headers: bool = True,
+                 transactional: bool = False) -> None:
+        """``transactional``: the producer's transaction owns failed writes (an abort drops
+        the whole batch, which the source then reads again), so none are kept here."""
         self.producer = producer
         self.topic = topic
         self.connector = connector
@@ -91,6 +94,8 @@ class DeadLetterQueue:
         self.sent = 0
         self._delivery_errors: list[str] = []
         self._failed: list[dict[str, Any]] = []  # rejected by the broker: produced again on flush
+        self._permanent_rejection = False
+        self.transactional = transactional
 
     def send(self, *, key: bytes | None, value: bytes | None, headers: Headers | None, timestamp_ms: int | None,
              origin_topic: str, partition: int, offset: int, stage: str, class_name: str,
@@ -112,22 +117,41 @@ class DeadLetterQueue:
         self.producer.poll(0)
 
     def _delivered(self, err: Any, message: dict[str, Any]) -> None:
-        if err is not None:
-            self._failed.append(message)
-            self._delivery_errors.append(err.name() if hasattr(err, "name") else type(err).__name__)
+        if err is None or self.transactional:
+            return
+        self._failed.append(message)
+        self._delivery_errors.append(err.name() if hasattr(err, "name") else type(err).__name__)
+        retriable = getattr(err, "retriable", None)
+        timed_out = getattr(err, "code", lambda: None)() == -192  # _MSG_TIMED_OUT: the broker was away
+        if callable(retriable) and not retriable() and not timed_out:
+            self._permanent_rejection = True
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every dead letter is acknowledged; raise if one was not.
 
         A dead letter the broker rejected is kept and produced again by the next flush
         (the caller retries): the offsets past it are committed only once it is stored."""
-        from common.errors import RetriableError
+        from common.errors import RetriableError, TaskFailed
 
         failed, self._failed = self._failed, []
-        for message in failed:
-            self._produce(message)
+        while failed:
+            try:
+                self._produce(failed[0])
+            except BaseException:
+                self._failed = failed + self._failed  # nothing unsent is forgotten
+                raise
+            failed.pop(0)
         remaining = self.producer.flush(timeout)
         if remaining or self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
-            raise RetriableError(f"dead-letter queue write failed ({remaining} pending, "
-                                 f"{len(errors)} rejected: {', '.join(sorted(set(errors)))})")
+            what = (f"dead-letter queue write failed ({remaining} pending, "
+                    f"{len(errors)} rejected: {', '.join(sorted(set(errors)))})")
+            if self._permanent_rejection:  # too large, not authorized, no such topic: retrying won't help
+                raise TaskFailed(what)
+            raise RetriableError(what)
+
+    def discard_unsent(self) -> None:
+        """Forget writes that failed (partitions were lost: the records are redelivered elsewhere)."""
+        self._failed = []
+        self._delivery_errors = []
+        self._permanent_rejection = False

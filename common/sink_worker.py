@@ -168,8 +168,22 @@ class SinkWorker:
                     if not is_retriable(exc):
                         self._dead_letter_message(message, exc, "VALUE_CONVERTER")
                         continue
-                    # Not the record's fault (e.g. the schema registry is down): retry it.
-                    decoded = self._retrying(lambda: decode(raw_value, readers.get(topic)), "value decode")
+                    # Not the record's fault (e.g. the schema registry is down): retry it. A
+                    # rebalance meanwhile must not flush and commit past this fetch (the revoke
+                    # callback sees a delivery in progress): the batch and the rest are dropped
+                    # and fetched again by whoever owns the partitions next.
+                    self._delivering = True
+                    try:
+                        decoded = self._retrying(lambda: decode(raw_value, readers.get(topic)), "value decode")
+                    except _Abandoned:
+                        log.warning("partitions revoked while retrying a decode; the batch will be redelivered")
+                        self.task.abort()
+                        self.dlq.discard_unsent()
+                        self.batch.clear()
+                        return
+                    finally:
+                        self._delivering = False
+                        self._revoked_while_delivering = False
                     if decoded is None:
                         raise TaskFailed("value decode abandoned") from exc
                     value, schema_ref = decoded
@@ -216,6 +230,7 @@ class SinkWorker:
         except _Abandoned:
             log.warning("partitions revoked during retries; the batch will be redelivered")
             self.task.abort()
+            self.dlq.discard_unsent()
         finally:
             self._delivering = False
             self._revoked_while_delivering = False
@@ -281,6 +296,8 @@ class SinkWorker:
             return
         middle = len(records) // 2
         for part, is_last in ((records[:middle], False), (records[middle:], True)):
+            # Many rounds may run back to back: poll (paused) so the group keeps this member.
+            self._wait_paused(0.01)
             part_is_last = last and is_last
             offsets = _offsets_through(part, final, last=part_is_last)
             try:
@@ -292,8 +309,6 @@ class SinkWorker:
                 self._split(part, final, last=part_is_last)
                 continue
             self._commit(offsets)
-            # Many rounds may run back to back: poll (paused) so the group keeps this member.
-            self._wait_paused(0.01)
 
     def _commit(self, offsets: dict[TP, int]) -> None:
         """Commit what is durable: dead letters first, then the consumer positions."""
@@ -328,6 +343,8 @@ class SinkWorker:
                     raise _Abandoned()
                 if self.control.stop_requested.is_set() and self._past_shutdown_deadline():
                     raise TaskFailed("shutdown timeout reached while retrying")
+        except KafkaException as exc:  # the consumer itself failed: not the batch's fault
+            raise TaskFailed(f"consumer failed while waiting to retry: {safe_message(exc)}") from exc
         finally:
             current = self.consumer.assignment()
             if current:
@@ -396,6 +413,7 @@ class SinkWorker:
             self._revoked_while_delivering = True
             return
         self.task.abort()
+        self.dlq.discard_unsent()
         self.batch.clear()
         self._assigned = []
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from common.config import SourceSettings
 from common.connector import ConnectorSpec
@@ -66,7 +66,7 @@ def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
         finally:
             watermarks.close()
         pending = set(end)
-        consumer.assign([TopicPartition(topic, p, 0) for p in pending])
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
         deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
@@ -138,7 +138,8 @@ class SourceWorker:
             "compression.type": "lz4",
         })
         self.dlq = DeadLetterQueue(self.producer, settings.errors_deadletterqueue_topic_name, self.name,
-                                   settings.task_id, settings.errors_deadletterqueue_context_headers_enable)
+                                   settings.task_id, settings.errors_deadletterqueue_context_headers_enable,
+                                   transactional=True)
         self._delivery_errors: list[str] = []
 
     def run(self) -> None:

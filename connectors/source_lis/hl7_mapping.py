@@ -125,6 +125,10 @@ class Hl7Mapper:
         self._remember(contacts)
         return records
 
+    def forget_contact(self, patient_id: str) -> None:
+        """The contact record was not stored after all: send it with the next message."""
+        self._contacts.pop(patient_id, None)
+
     def _remember(self, contacts: dict[str, tuple[Any, ...]]) -> None:
         for patient_id, details in contacts.items():
             self._contacts[patient_id] = details

@@ -221,8 +221,9 @@ class Hl7Source:
         item = _Pending(inbound, header, "AA", key=key)
         self._inflight[key] = item
         pending.append(item)
-        for record in records:
-            self._origin[id(record)] = (item, ids, offset, message.control_id)
+        if self.replay is None:  # a replay answers nobody
+            for record in records:
+                self._origin[id(record)] = (item, ids, offset, message.control_id)
         batch.extend(records)
 
     def _sender_ids(self, sender: str) -> _SenderIds:
@@ -250,6 +251,8 @@ class Hl7Source:
             return
         item, ids, offset, control_id = origin
         item.code, item.text = "AE", "message could not be stored completely"
+        if record.topic == self.settings.patients_topic and record.key:
+            self.mapper.forget_contact(record.key)
         ids.forget(control_id)
         if control_id in offset["recent"]:  # the source offset written with this batch
             offset["recent"].remove(control_id)

@@ -24,8 +24,9 @@ from common.task import SinkTask
 
 
 class FakeDlqProducer:
-    def __init__(self, reject_first: int = 0) -> None:
+    def __init__(self, reject_first: int = 0, rejection: int = KafkaError._MSG_TIMED_OUT) -> None:
         self.reject = reject_first
+        self.rejection = rejection
         self.produced: list[dict[str, Any]] = []
         self._pending: list[tuple[Any, Any]] = []
 
@@ -41,7 +42,7 @@ class FakeDlqProducer:
         for callback, _ in pending:
             if self.reject:
                 self.reject -= 1
-                callback(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+                callback(KafkaError(self.rejection), None)
             else:
                 callback(None, None)
         return 0
@@ -67,6 +68,9 @@ class FakeConsumer:
 
     def consume(self, _n: int, timeout: float = 0) -> list[Any]:
         return self.to_consume.pop(0) if self.to_consume else []
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 103) for tp in partitions]
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
@@ -137,6 +141,50 @@ def test_a_dead_letter_the_broker_rejected_is_produced_again_before_the_commit()
         dlq.flush()
     dlq.flush()  # the retry: produced again, now acknowledged
     assert [m["value"] for m in producer.produced] == [b"x", b"x"]
+
+
+def test_a_dead_letter_the_broker_will_never_take_fails_the_task_instead_of_retrying_forever() -> None:
+    producer = FakeDlqProducer(reject_first=1, rejection=KafkaError.MSG_SIZE_TOO_LARGE)
+    dlq = DeadLetterQueue(producer, "dead-letter", "c", 0)
+    dlq.send(key=None, value=b"x" * 10, headers=None, timestamp_ms=None, origin_topic="t", partition=0, offset=5,
+             stage="TASK_PUT", class_name="X", error=ValueError("bad"))
+    with pytest.raises(TaskFailed):
+        dlq.flush()
+
+
+def test_a_revoke_while_a_decode_is_retried_drops_the_batch_instead_of_committing_past_it() -> None:
+    task = PoisonAwareSink()
+    worker, consumer, _ = _worker(task)
+
+    class RegistryDown:
+        calls = 0
+
+        def decode(self, data: bytes, reader: Any = None) -> Any:
+            RegistryDown.calls += 1
+            if RegistryDown.calls == 2:  # the rebalance arrives while the decode is being retried
+                worker._on_revoke(consumer, [TopicPartition("t", 0)])
+            raise RetriableError("schema registry unavailable (503)")
+
+    class Message(FakeMessage):
+        def value(self) -> bytes:
+            return b"v"
+
+        def key(self) -> None:
+            return None
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, 0)
+
+        def headers(self) -> None:
+            return None
+
+    worker.serde = RegistryDown()  # type: ignore[assignment]
+    worker.batch.records = _records([{}])
+    worker.batch.dirty = True
+    worker._accept([Message("t", 0, 101), Message("t", 0, 102)])  # type: ignore[list-item]
+    assert RegistryDown.calls >= 2 and worker._callback_error is None
+    assert consumer.commits == [] and task.durable == []
+    assert worker.batch.records == [] and not worker.batch.dirty  # redelivered to the next owner
 
 
 def test_a_commit_failure_wrapped_in_kafka_exception_is_retriable() -> None:
