@@ -3,22 +3,25 @@
 Field ``foo_bar`` is read from ``FOO_BAR``; ``FOO_BAR_FILE=/run/secrets/x`` reads the
 value from a file instead (Docker/Kubernetes secrets). Kafka client properties pass
 through by prefix, the Confluent image's convention: ``KAFKA_SASL_MECHANISM`` becomes
-``sasl.mechanism``. A bad or missing setting raises :class:`ConfigError` naming every
-bad variable; the CLI turns it into exit code 2.
+``sasl.mechanism``; one librdkafka does not know is a bad setting. A bad or missing setting
+raises :class:`ConfigError` naming every bad variable; the CLI turns it into exit code 2.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
+
 
 def _iana_zone(value: str) -> str:
     try:
@@ -30,6 +33,19 @@ def _iana_zone(value: str) -> str:
 
 TimeZoneName = Annotated[str, AfterValidator(_iana_zone)]
 """A setting naming an IANA time zone (``Europe/Berlin``), checked at load time."""
+
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}  # names `logging` accepts too
+
+
+def _level_name(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip().upper()
+        return _LEVEL_ALIASES.get(value, value)
+    return value
+
+
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_level_name)]
+"""A logging level name, in any case."""
 
 # Settings the runtime owns; any other KAFKA_* variable is a client property.
 _KAFKA_OWN = {"KAFKA_BOOTSTRAP_SERVERS"}
@@ -60,20 +76,14 @@ class WorkerSettings(BaseSettings):
     status_port: int | None = Field(None, ge=0, le=65535, description="HTTP status/health/metrics port")
     status_topic: str = "connect-status"
     log_format: Literal["auto", "json", "text"] = "auto"
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
 
     def kafka_properties(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """librdkafka properties: bootstrap servers plus every other KAFKA_* variable."""
-        env = os.environ if environ is None else environ
-        props = {"bootstrap.servers": self.kafka_bootstrap_servers}
-        for name, value in env.items():
-            upper = name.upper()
-            if upper.startswith("KAFKA_") and upper not in _KAFKA_OWN and not upper.endswith("_FILE"):
-                props[upper[len("KAFKA_"):].lower().replace("_", ".")] = value
-            elif upper.startswith("KAFKA_") and upper.endswith("_FILE"):
-                prop = upper[len("KAFKA_"):-len("_FILE")].lower().replace("_", ".")
-                props[prop] = Path(value).read_text().strip()
-        return props
+        props, _, problems = _passthrough_properties(os.environ if environ is None else environ)
+        if problems:
+            raise ConfigError(problems)
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **props}
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with secrets replaced, for --print-config."""
@@ -107,6 +117,82 @@ class SourceSettings(WorkerSettings):
     transaction_timeout_ms: int = Field(60_000, ge=1000)
 
 
+def client_properties(bootstrap: str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Kafka client properties for the operator tools, from the variables the connectors read
+    (every KAFKA_* variable); ``bootstrap`` (a --bootstrap flag) overrides KAFKA_BOOTSTRAP_SERVERS.
+    Raises ConfigError naming every bad variable."""
+    env = os.environ if environ is None else environ
+    props, sources, problems = _passthrough_properties(env)
+    problems = problems or _client_property_problems(props, sources)
+    if problems:
+        raise ConfigError(problems)
+    if bootstrap is None:
+        default = WorkerSettings.model_fields["kafka_bootstrap_servers"].default
+        bootstrap = {k.upper(): v for k, v in env.items()}.get("KAFKA_BOOTSTRAP_SERVERS", default)
+    return {"bootstrap.servers": bootstrap, **props}
+
+
+def _passthrough_properties(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The client properties of the KAFKA_* variables (``KAFKA_X_FILE`` read from its file), the
+    variable each came from, and the files that cannot be read."""
+    props: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    for name, value in env.items():
+        var = name.upper()
+        own_var = var.removesuffix("_FILE")
+        if not own_var.startswith("KAFKA_") or own_var in _KAFKA_OWN:
+            continue
+        prop = own_var[len("KAFKA_"):].lower().replace("_", ".")
+        if var != own_var:
+            try:
+                value = Path(value).read_text().strip()
+            except OSError as exc:
+                problems.append(f"{var}: cannot read file ({exc.strerror})")
+                continue
+        props[prop] = value
+        sources[prop] = var
+    return props, sources, problems
+
+
+_CREATE_FAILED = "Failed to create producer: "
+_PROBE_LOG = logging.Logger("labconnect.config.probe")  # librdkafka's warnings about the probe
+_PROBE_LOG.addHandler(logging.NullHandler())
+
+
+def _producer_error(config: dict[str, str]) -> str | None:
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        Producer({**config, "logger": _PROBE_LOG})
+    except KafkaException as exc:
+        return str(exc.args[0].str())
+    return None
+
+
+def _client_property_problems(props: dict[str, str], sources: dict[str, str]) -> list[str]:
+    """librdkafka's verdict on the passthrough properties (a foreign ``KAFKA_PORT=tcp://...`` is
+    no property), from throwaway producers without bootstrap servers, which connect nowhere:
+    each property alone for its name and value, then all of them together."""
+    problems = []
+    for prop, value in props.items():
+        error = _producer_error({prop: value})
+        if error is None or error.startswith(_CREATE_FAILED):  # alone it may lack a companion
+            continue
+        if error.startswith("No such configuration property"):
+            problems.append(f"{sources[prop]}: {prop} is not a Kafka client property")
+        else:  # librdkafka's message quotes the value, which may be a secret
+            problems.append(f"{sources[prop]}: invalid value for the Kafka client property {prop}")
+    if problems or not props:
+        return problems
+    error = _producer_error(props)
+    if error is None:
+        return []
+    reason = error.removeprefix(_CREATE_FAILED)
+    named = [sources[p] for p in props if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w.])", reason)]
+    return [f"{', '.join(named or sorted(sources.values()))}: {reason}"]
+
+
 def _redact(name: str, value: Any) -> Any:
     lowered = name.lower()
     if value is not None and any(word in lowered for word in _SECRET_WORDS):
@@ -137,16 +223,42 @@ def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
         elif var in upper_env:
             values[field_name] = upper_env[var]
     try:
-        # Values come only from `values`: the environment was already read above.
+        # `values` holds what was read above; pydantic-settings still reads os.environ for a
+        # setting not in it (the same variables when `environ` is None).
         settings = cls.model_validate(values)
     except ValidationError as exc:
-        for error in exc.errors():
-            message = "is required" if error["type"] == "missing" else error["msg"]
-            message = message.removeprefix("Value error, ")
-            if error["loc"]:
-                problems.append(f"{str(error['loc'][0]).upper()}: {message}")
-            else:  # a rule across several settings names them in its message
-                problems.append(message)
+        problems += [_problem(error) for error in exc.errors()]
+        failed = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        if failed:
+            problems += _rule_problems(cls, values, failed)
+    if issubclass(cls, WorkerSettings):
+        props, sources, kafka_problems = _passthrough_properties(env)
+        problems += kafka_problems or _client_property_problems(props, sources)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _problem(error: Any) -> str:
+    message = "is required" if error["type"] == "missing" else error["msg"]
+    message = message.removeprefix("Value error, ")
+    if error["loc"]:
+        return f"{str(error['loc'][0]).upper()}: {message}"
+    return str(message)  # a rule across several settings names them in its message
+
+
+def _rule_problems(cls: type[BaseSettings], values: dict[str, Any], failed: set[str]) -> list[str]:
+    """The rules across settings (model validators), which pydantic skips once a field fails:
+    checked again with the failed settings at their defaults, so that one start names every
+    bad variable. A rule naming a failed variable judged its default, not the setting: left out."""
+    retry = {name: value for name, value in values.items() if name not in failed}
+    # Given explicitly: a setting left out would be read from os.environ again.
+    retry.update({name: field.get_default(call_default_factory=True) for name, field in cls.model_fields.items()
+                  if name in failed and not field.is_required()})
+    try:
+        cls.model_validate(retry)
+    except ValidationError as exc:
+        names_failed = re.compile(r"\b(" + "|".join(re.escape(name.upper()) for name in sorted(failed)) + r")\b")
+        return [_problem(error) for error in exc.errors()
+                if not error["loc"] and not names_failed.search(_problem(error))]
+    return []

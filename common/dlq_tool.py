@@ -2,23 +2,40 @@
 
 ``show`` prints each dead letter's context (origin topic/partition/offset, connector,
 stage, exception class and scrubbed message), never its contents. ``redrive``
-re-produces dead letters, byte-for-byte with their original headers (the
-``__connect.errors.*`` context is dropped, a ``__labconnect.redriven.from`` header
-added), to their origin topic or ``--to``. Progress is committed under a consumer
-group, so a re-drive that is interrupted or run again never sends a record twice.
+re-produces dead letters, byte-for-byte with their original key, headers and timestamp
+(the ``__connect.errors.*`` context is dropped, a ``__labconnect.redriven.from`` header
+added), to their origin topic or ``--to``, with the sources' partitioner (so a patient's
+records stay on one partition).
+
+Re-drive is exactly-once: each batch of re-produced records and the re-drive's progress
+(the offsets of its consumer group, one group per ``--connector`` filter) are committed
+in one Kafka transaction. An interrupted or repeated re-drive therefore never sends a
+record twice and never skips one. A record it cannot re-drive (a source's raw input has no
+origin topic) is counted and passed; a target topic that does not exist stops the run
+before anything of that batch is committed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from common.config import client_properties
 from common.dlq import HEADER_PREFIX
+
+REDRIVEN_FROM = "__labconnect.redriven.from"
+BATCH = 500
+
+
+class RedriveError(Exception):
+    """The re-drive stopped; what was committed before stays committed."""
 
 
 def _context(message: Any) -> dict[str, str]:
@@ -26,81 +43,173 @@ def _context(message: Any) -> dict[str, str]:
             for k, v in (message.headers() or []) if k.startswith(HEADER_PREFIX)}
 
 
-def _read(consumer: Consumer, topic: str, timeout: float = 10.0) -> Iterator[Any]:
-    partitions = list(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)
+def _read(consumer: Consumer, partitions: list[int], stall_s: float = 120.0) -> Iterator[list[Any]]:
+    """Batches of messages until every partition reached its end (end-of-partition events);
+    raises if nothing arrives for ``stall_s`` before that."""
     pending = set(partitions)
+    deadline = time.monotonic() + stall_s
     while pending:
-        messages = consumer.consume(500, timeout=timeout)
-        if not messages:
-            return
-        for message in messages:
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(message.partition())
-                continue
-            yield message
+        if time.monotonic() > deadline:
+            raise RedriveError(f"the dead-letter topic was not read to its end (nothing for {stall_s:.0f}s)")
+        batch = []
+        for message in consumer.consume(BATCH, timeout=1.0):
+            deadline = time.monotonic() + stall_s
+            error = message.error()
+            if error is None:
+                batch.append(message)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                pending.discard(message.partition())
+            elif error.fatal():
+                raise KafkaException(error)
+        if batch:
+            yield batch
 
 
-def show(bootstrap: str, topic: str, limit: int, connector: str | None) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-show-{uuid.uuid4().hex}",
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    if metadata.error is not None:
+        raise RedriveError(f"topic {topic}: {metadata.error.str()}")
+    return sorted(metadata.partitions)
+
+
+def show(bootstrap: str | None, topic: str, limit: int, connector: str | None) -> int:
+    consumer = Consumer({**client_properties(bootstrap), "group.id": f"dlq-show-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     shown = 0
-    for message in _read(consumer, topic):
-        ctx = _context(message)
-        if connector and ctx.get("connector.name") != connector:
-            continue
-        print(f"{message.partition()}:{message.offset():<8} from {ctx.get('topic') or '-'}"
-              f"[{ctx.get('partition', '-')}]@{ctx.get('offset', '-')} connector={ctx.get('connector.name', '-')} "
-              f"stage={ctx.get('stage', '-')} {ctx.get('exception.class.name', '-')}: {ctx.get('exception.message', '')}")
-        shown += 1
-        if shown >= limit:
-            break
-    consumer.close()
+    try:
+        partitions = _partitions(consumer, topic)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        for batch in _read(consumer, partitions):
+            for message in batch:
+                ctx = _context(message)
+                if connector and ctx.get("connector.name") != connector:
+                    continue
+                print(f"{message.partition()}:{message.offset():<8} from {ctx.get('topic') or '-'}"
+                      f"[{ctx.get('partition', '-')}]@{ctx.get('offset', '-')} "
+                      f"connector={ctx.get('connector.name', '-')} stage={ctx.get('stage', '-')} "
+                      f"{ctx.get('exception.class.name', '-')}: {ctx.get('exception.message', '')}")
+                shown += 1
+                if shown >= limit:
+                    break
+            if shown >= limit:
+                break
+    finally:
+        consumer.close()
     print(f"({shown} dead letters shown)")
     return 0
 
 
-def redrive(bootstrap: str, topic: str, to: str | None, connector: str | None, group: str, dry_run: bool) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})
-    consumer.subscribe([topic])
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    sent = skipped = consumed = 0
-    for message in _read(consumer, topic):
-        consumed += 1
-        ctx = _context(message)
-        target = to or ctx.get("topic")
-        if (connector and ctx.get("connector.name") != connector) or not target:
-            skipped += 1
-            continue
-        headers = [(k, v) for k, v in (message.headers() or []) if not k.startswith(HEADER_PREFIX)]
-        headers.append(("__labconnect.redriven.from", f"{topic}/{message.partition()}/{message.offset()}".encode()))
+class _Redrive:
+    def __init__(self, bootstrap: str | None, topic: str, to: str | None, connector: str | None, group: str,
+                 dry_run: bool) -> None:
+        self.topic, self.to, self.connector, self.dry_run = topic, to, connector, dry_run
+        kafka = client_properties(bootstrap)
+        self.consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False,
+                                  "enable.partition.eof": True, "isolation.level": "read_committed"})
+        self.producer: Producer | None = None
         if not dry_run:
-            producer.produce(target, key=message.key(), value=message.value(), headers=headers,
-                             timestamp=message.timestamp()[1])
-        sent += 1
-    if not dry_run:
-        if producer.flush(60):
-            raise SystemExit("redrive: not every record was acknowledged; nothing committed, run it again")
-        if consumed:
-            consumer.commit(asynchronous=False)  # after the flush: a crash in between re-sends, never loses
-    consumer.close()
-    print(f"{'would re-drive' if dry_run else 're-drove'} {sent} dead letters ({skipped} skipped)")
+            # One transactional id per group: a second run of the same re-drive fences the first.
+            self.producer = Producer({**kafka, "transactional.id": f"labconnect-dlq-redrive-{group}",
+                                      "partitioner": "murmur2_random", "linger.ms": 5})
+            self.producer.init_transactions(30)
+        self.known_topics: set[str] = set()
+        self.sent = self.passed = self.filtered = 0
+
+    def run(self) -> None:
+        partitions = _partitions(self.consumer, self.topic)
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        committed = self.consumer.committed(tps, timeout=30)
+        self.consumer.assign([TopicPartition(self.topic, tp.partition,
+                                             tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed])
+        for batch in _read(self.consumer, partitions):
+            self._redrive(batch)
+
+    def _redrive(self, batch: list[Any]) -> None:
+        outgoing = []
+        for message in batch:
+            ctx = _context(message)
+            if self.connector and ctx.get("connector.name") != self.connector:
+                self.filtered += 1  # another connector's: this group (one per filter) passes it
+                continue
+            if not ctx.get("topic"):
+                self.passed += 1  # a source's raw input: nothing in Kafka to send it back to
+                continue
+            target = self.to or ctx["topic"]
+            self._require_topic(target)
+            headers = [(k, v) for k, v in (message.headers() or []) if not k.startswith(HEADER_PREFIX)]
+            headers.append((REDRIVEN_FROM, f"{self.topic}/{message.partition()}/{message.offset()}".encode()))
+            outgoing.append((target, message, headers))
+        if self.dry_run or self.producer is None:
+            self.sent += len(outgoing)
+            return
+        positions: dict[int, int] = {}
+        for message in batch:
+            positions[message.partition()] = message.offset() + 1
+        producer = self.producer
+        producer.begin_transaction()
+        try:
+            for target, message, headers in outgoing:
+                kwargs: dict[str, Any] = {"key": message.key(), "value": message.value(), "headers": headers}
+                timestamp_type, timestamp = message.timestamp()
+                if timestamp_type != 0 and timestamp > 0:
+                    kwargs["timestamp"] = timestamp
+                while True:
+                    try:
+                        producer.produce(target, **kwargs)
+                        break
+                    except BufferError:  # the local queue is full: let deliveries drain it
+                        producer.poll(0.5)
+            offsets = [TopicPartition(self.topic, p, o) for p, o in sorted(positions.items())]
+            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
+            producer.commit_transaction(120)
+        except BaseException:
+            try:
+                producer.abort_transaction(30)
+            except KafkaException:
+                pass
+            raise
+        self.sent += len(outgoing)
+
+    def _require_topic(self, target: str) -> None:
+        if target in self.known_topics:
+            return
+        metadata = self.consumer.list_topics(target, timeout=10).topics.get(target)
+        if metadata is None or metadata.error is not None:
+            raise RedriveError(f"target topic {target} does not exist (topics are not created automatically)")
+        self.known_topics.add(target)
+
+    def close(self) -> None:
+        self.consumer.close()
+        if self.producer is not None:
+            self.producer.flush(10)
+
+
+def redrive(bootstrap: str | None, topic: str, to: str | None, connector: str | None, group: str | None,
+            dry_run: bool) -> int:
+    job = _Redrive(bootstrap, topic, to, connector, group or f"labconnect-dlq-redrive-{connector or 'all'}", dry_run)
+    try:
+        job.run()
+    except (RedriveError, KafkaException) as exc:
+        print(f"redrive stopped: {exc}; {job.sent} re-driven and committed before that, run it again "
+              "once fixed", file=sys.stderr)
+        return 1
+    finally:
+        job.close()
+    print(f"{'would re-drive' if dry_run else 're-drove'} {job.sent} dead letters "
+          f"({job.filtered} of other connectors, {job.passed} source inputs without an origin topic)")
     return 0
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="labconnect dlq", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["show", "redrive"])
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
     parser.add_argument("--topic", default=os.environ.get("ERRORS_DEADLETTERQUEUE_TOPIC_NAME", "dead-letter"))
     parser.add_argument("--connector", help="only dead letters of this connector")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--to", help="re-drive into this topic instead of each record's origin topic")
-    parser.add_argument("--group", default="labconnect-dlq-redrive", help="consumer group that tracks progress")
+    parser.add_argument("--group", default=None,
+                        help="consumer group that tracks progress (default: one per --connector filter)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     if args.action == "show":

@@ -11,10 +11,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from common.config import client_properties
 
-def read_statuses(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[str, dict[str, Any]]:
-    """Latest status value per key (``status-task-<connector>-<task>``)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "labconnect-status-view",
+
+def read_statuses(bootstrap: str | None, topic: str, timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    """Latest status value per key (``status-task-<connector>-<task>``); the client is configured
+    by the KAFKA_* variables, ``bootstrap`` (when given) overriding KAFKA_BOOTSTRAP_SERVERS."""
+    consumer = Consumer({**client_properties(bootstrap), "group.id": "labconnect-status-view",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     statuses: dict[str, dict[str, Any]] = {}
     try:
@@ -46,18 +49,35 @@ def read_statuses(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[str
     return statuses
 
 
+def expand_status(statuses: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Kafka Connect's ``GET /connectors?expand=status``: per connector, every task's status.
+
+    Each task reports its own view of the connector; the connector shows FAILED if any task's
+    view says so, else the view of its lowest task."""
+    view: dict[str, dict[str, Any]] = {}
+    for value in sorted(statuses.values(), key=lambda v: (v["name"], v["tasks"][0]["id"])):
+        entry = view.setdefault(value["name"], {"status": {
+            "name": value["name"], "connector": value["connector"], "tasks": [], "type": value["type"],
+            "updated": value.get("updated", 0)}})["status"]
+        entry["tasks"].extend(value["tasks"])
+        entry["updated"] = max(entry["updated"], value.get("updated", 0))
+        if value["connector"]["state"] == "FAILED":
+            entry["connector"] = value["connector"]
+    return view
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="labconnect status", description=__doc__)
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS (other KAFKA_* variables apply too)")
     parser.add_argument("--topic", default=os.environ.get("STATUS_TOPIC", "connect-status"))
     parser.add_argument("--json", action="store_true", help="Kafka Connect's `?expand=status` shape")
     args = parser.parse_args(argv)
     statuses = read_statuses(args.bootstrap, args.topic)
+    failed = any(task["state"] == "FAILED" for value in statuses.values() for task in value["tasks"])
     if args.json:
-        print(json.dumps({v["name"]: {"status": v} for v in statuses.values()}, indent=2))
-        return 0
+        print(json.dumps(expand_status(statuses), indent=2))
+        return 1 if failed else 0
     print(f"{'CONNECTOR':<28} {'TYPE':<7} {'TASK':>4} {'STATE':<11} {'SINCE':<20} WORKER / TRACE")
-    failed = 0
     for value in sorted(statuses.values(), key=lambda v: (v["name"], v["tasks"][0]["id"])):
         for task in value["tasks"]:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value.get("updated", 0) / 1000))
@@ -65,7 +85,6 @@ def main(argv: list[str]) -> int:
                   f"{task['worker_id']}")
             if task.get("trace"):
                 print(f"{'':<74}{task['trace']}")
-            failed += task["state"] == "FAILED"
     if not statuses:
         print("(no connector has reported yet)")
     return 1 if failed else 0

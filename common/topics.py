@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
+
+from common.config import client_properties
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,13 @@ STANDARD_TOPICS = (
 )
 
 
-def create_topics(bootstrap: str, topics: tuple[TopicSpec, ...] = STANDARD_TOPICS,
+def create_topics(bootstrap: str | None, topics: tuple[TopicSpec, ...] = STANDARD_TOPICS,
                   replication_factor: int = 1) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet; return the names created. The client is configured
+    by the KAFKA_* variables, ``bootstrap`` (when given) overriding KAFKA_BOOTSTRAP_SERVERS."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_properties(bootstrap))
     existing = set(admin.list_topics(timeout=30).topics)
     wanted = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor, config=t.config)
               for t in topics if t.name not in existing]
@@ -50,7 +52,7 @@ def create_topics(bootstrap: str, topics: tuple[TopicSpec, ...] = STANDARD_TOPIC
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="labconnect topics")
     parser.add_argument("action", choices=["create", "list"])
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--bootstrap", help="default: KAFKA_BOOTSTRAP_SERVERS (other KAFKA_* variables apply too)")
     parser.add_argument("--replication-factor", type=int, default=1)
     args = parser.parse_args(argv)
     if args.action == "list":

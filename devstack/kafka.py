@@ -26,7 +26,7 @@ from pathlib import Path
 
 from devstack.ports import free_port, wait_for_port
 
-KAFKA_VERSION = os.environ.get("KAFKA_VERSION", "4.1.1")
+KAFKA_VERSION = os.environ.get("LABCONNECT_KAFKA_VERSION", "4.1.1")
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -140,7 +140,7 @@ class KafkaBroker:
                  "-t", cluster_id, "-c", str(props)],
                 check=True, stdout=subprocess.DEVNULL,
             )
-        heap = os.environ.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
+        heap = os.environ.get("LABCONNECT_KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
         log_file = open(self.data_dir / "broker.log", "ab")
         self.process = subprocess.Popen(
             [java, *heap.split(), log_opt, "-cp", classpath, "kafka.Kafka", str(props)],
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kafka-local", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="fetch (once) and start the broker")
-    up.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
+    up.add_argument("--port", type=int, default=int(os.environ.get("LABCONNECT_KAFKA_PORT", "9092")))
     up.add_argument("--data", help="data directory (default: a fresh one in the cache)")
     up.set_defaults(run=_cli_up)
     sub.add_parser("down", help="stop the broker").set_defaults(run=_cli_down)

@@ -112,3 +112,38 @@ def test_pause_resume_restart_and_stop_over_http(runtime: RuntimeEnv, make_topic
     wait_for(lambda: count(db, "SELECT count(*) FROM effects") == 2, 30, "delivered after resume from STOPPED")
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
+
+
+def test_redrive_per_connector_stops_on_a_missing_topic_and_keeps_each_patient_on_one_partition(
+        runtime: RuntimeEnv, make_topic: Callable[..., str]) -> None:
+    results = make_topic("results", partitions=6)
+    producer = Producer({"bootstrap.servers": runtime.bootstrap})
+    dlq = DeadLetterQueue(producer, runtime.dlq, "", 0)
+    for n in range(40):
+        dlq.connector = "sink-billing" if n % 2 else "sink-warehouse"
+        dlq.send(key=f"P{n % 4}".encode(), value=b"v%d" % n, headers=None, timestamp_ms=None,
+                 origin_topic=results, partition=0, offset=n, stage="TASK_PUT", class_name="X", error=ValueError("x"))
+    dlq.connector = "source-lis"  # a source's raw input: no origin topic, nothing to re-drive into
+    dlq.send(key=None, value=b"MSH|...", headers=None, timestamp_ms=None, origin_topic="", partition=0, offset=0,
+             stage="TASK_POLL", class_name="X", error=ValueError("x"))
+    dlq.flush()
+    base = ("dlq", "redrive", "--bootstrap", runtime.bootstrap, "--topic", runtime.dlq)
+
+    missing = _labconnect(*base, "--connector", "sink-billing", "--to", f"no-such-{results}")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert consume_all(runtime.bootstrap, results, timeout=5, read_committed=False) == []
+
+    billing = _labconnect(*base, "--connector", "sink-billing")
+    assert billing.returncode == 0, billing.stderr
+    assert "re-drove 20 dead letters" in billing.stdout
+    warehouse = _labconnect(*base, "--connector", "sink-warehouse")  # its own progress: not skipped
+    assert "re-drove 20 dead letters" in warehouse.stdout, warehouse.stderr
+    again = _labconnect(*base, "--connector", "sink-billing")
+    assert "re-drove 0 dead letters" in again.stdout
+
+    redriven = consume_all(runtime.bootstrap, results, expect=40)
+    assert sorted(m.value() for m in redriven) == sorted(b"v%d" % n for n in range(40))
+    partitions_of: dict[bytes, set[int]] = {}
+    for message in redriven:
+        partitions_of.setdefault(message.key(), set()).add(message.partition())
+    assert all(len(p) == 1 for p in partitions_of.values())  # each patient on one partition

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import field_validator, model_validator
 
-from common.config import SinkSettings, SourceSettings, load_settings
+from common.config import SinkSettings, SourceSettings, WorkerSettings, client_properties, load_settings
 from common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,6 +39,103 @@ def test_unreadable_secret_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(SinkSettings, {"TOPICS_FILE": str(tmp_path / "missing")})
 
 
+def test_log_level_is_a_level_name_in_any_case() -> None:
+    assert load_settings(SourceSettings, {"LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert load_settings(SourceSettings, {"LOG_LEVEL": "warn"}).log_level == "WARNING"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SourceSettings, {"LOG_LEVEL": "verbose"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["LOG_LEVEL"]
+
+
+def test_unreadable_kafka_secret_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SourceSettings, {"KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["KAFKA_SASL_PASSWORD_FILE"]
+
+
+def test_kafka_variable_the_client_does_not_know_is_a_config_error_naming_it() -> None:
+    env = {"KAFKA_PORT": "tcp://10.0.0.1:9092", "KAFKA_SECURITY_PROTOCOL": "hunter2", "TASK_ID": "x"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SourceSettings, env)
+    named = sorted(p.split(":")[0] for p in caught.value.problems)
+    assert named == ["KAFKA_PORT", "KAFKA_SECURITY_PROTOCOL", "TASK_ID"]
+    assert "hunter2" not in str(caught.value)  # a mistyped value may be a secret
+
+
+def test_kafka_properties_the_client_refuses_together_name_their_variables(tmp_path: Path) -> None:
+    env = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": str(tmp_path / "missing.pem")}
+    with pytest.raises(ConfigError, match="KAFKA_SSL_CA_LOCATION"):
+        load_settings(SourceSettings, env)
+
+
+def test_sasl_ssl_properties_are_accepted_without_connecting() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}
+    settings = load_settings(SourceSettings, env)
+    assert settings.kafka_properties(env)["security.protocol"] == "SASL_SSL"
+
+
+class _PairedSettings(WorkerSettings):
+    paired_mode: str = "plain"
+    paired_url: str | None = None
+    paired_port: int = 1
+
+    @field_validator("paired_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("http"):
+            raise ValueError("must start with http")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_needs_url(self) -> _PairedSettings:
+        if self.paired_mode == "remote" and not self.paired_url:
+            raise ValueError("PAIRED_URL is required when PAIRED_MODE=remote")
+        return self
+
+
+def test_rules_across_settings_are_checked_even_when_a_field_fails() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_PairedSettings, {"PAIRED_MODE": "remote", "PAIRED_PORT": "abc"})
+    assert caught.value.problems[0].startswith("PAIRED_PORT:")
+    assert caught.value.problems[1:] == ["PAIRED_URL is required when PAIRED_MODE=remote"]
+
+
+def test_rules_across_settings_are_checked_when_a_field_from_os_environ_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAIRED_MODE", "remote")
+    monkeypatch.setenv("PAIRED_PORT", "abc")
+    monkeypatch.delenv("PAIRED_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_PairedSettings)
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "PAIRED_PORT", "PAIRED_URL is required when PAIRED_MODE=remote"]
+
+
+def test_a_rule_about_a_failed_setting_is_not_reported_twice() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_PairedSettings, {"PAIRED_MODE": "remote", "PAIRED_URL": "ftp://x"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["PAIRED_URL"]
+
+
+def test_client_properties_for_the_tools(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9093", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+           "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "ops", "KAFKA_SASL_PASSWORD_FILE": str(secret)}
+    expected = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "ops",
+                "sasl.password": "s3cret"}
+    assert client_properties(None, env) == {"bootstrap.servers": "b:9093", **expected}
+    assert client_properties("flag:9092", env) == {"bootstrap.servers": "flag:9092", **expected}
+    assert client_properties(None, {}) == {"bootstrap.servers": "127.0.0.1:9092"}
+
+
+def test_client_properties_name_a_bad_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_PORT"):
+        client_properties("b:9092", {"KAFKA_PORT": "tcp://10.0.0.1:9092"})
+    with pytest.raises(ConfigError, match="KAFKA_SSL_KEY_PASSWORD_FILE"):
+        client_properties("b:9092", {"KAFKA_SSL_KEY_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
 def test_redacted_config_hides_secrets() -> None:
     settings = load_settings(SourceSettings, {"SCHEMA_REGISTRY_URL": "https://user:pw@registry:8081"})
     shown = settings.redacted()
@@ -62,3 +160,11 @@ def test_cli_bad_config_exits_2_with_one_line_naming_the_variable() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert "BILLING_DATABASE_URL" in lines[0] and "TASK_ID" in lines[0]
+
+
+def test_cli_print_config_with_bad_log_level_and_missing_secret_file_exits_2() -> None:
+    result = _cli("run", "sink-billing", "--print-config",
+                  env={"LOG_LEVEL": "verbose", "KAFKA_SASL_PASSWORD_FILE": "/missing/secret"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LOG_LEVEL" in lines[0] and "KAFKA_SASL_PASSWORD_FILE" in lines[0]
