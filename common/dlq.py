@@ -12,6 +12,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 from common.errors import safe_message
 from common.records import Headers
 
@@ -122,7 +124,7 @@ class DeadLetterQueue:
         self._failed.append(message)
         self._delivery_errors.append(err.name() if hasattr(err, "name") else type(err).__name__)
         retriable = getattr(err, "retriable", None)
-        timed_out = getattr(err, "code", lambda: None)() == -192  # _MSG_TIMED_OUT: the broker was away
+        timed_out = getattr(err, "code", lambda: None)() == KafkaError._MSG_TIMED_OUT  # the broker was away
         if callable(retriable) and not retriable() and not timed_out:
             self._permanent_rejection = True
 

@@ -166,7 +166,7 @@ class _Redrive:
             try:
                 producer.abort_transaction(30)
             except KafkaException:
-                pass
+                pass  # the error being raised is the one to report; the next run fences this one
             raise
         self.sent += len(outgoing)
 
