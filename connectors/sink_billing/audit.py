@@ -1,8 +1,10 @@
 """Read-side checks of the billing database, for tests and operators.
 
 ``charge_counts`` answers the exactly-once question per bill key: how many
-charge and reversal ledger rows exist (a correct history has at most one of each).
-Crash tests reuse it: after any crash and restart every key must still be 1/≤1.
+charge, rebill and reversal ledger rows exist. A correct history has at most one
+charge, every reversal reverses a live charge and every rebill follows a reversal,
+so there is never more than one live charge. Crash tests reuse it: after any crash
+and restart every key must still pass.
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ class ChargeCounts:
     corrections: int
     reversals: int
     net_amount: Decimal
+    rebills: int = 0
+
+    @property
+    def live_charges(self) -> int:
+        return self.charges + self.rebills - self.reversals
 
     @property
     def exactly_once(self) -> bool:
-        """At most one charge, and a reversal only after a charge and at most once."""
-        return self.charges <= 1 and self.reversals <= self.charges
+        """One charge at most; each reversal reverses a live charge, each rebill follows a reversal."""
+        return (self.charges <= 1 and self.rebills <= self.reversals and self.live_charges in (0, 1)
+                and (self.charges == 1 or self.rebills == 0))
 
 
 def charge_counts(engine: Engine) -> dict[BillKey, ChargeCounts]:
@@ -38,10 +46,12 @@ def charge_counts(engine: Engine) -> dict[BillKey, ChargeCounts]:
         return func.sum(case((t.c.entry_type == entry_type, 1), else_=0))
 
     query = select(t.c.source_system, t.c.accession, t.c.test_code, count("charge"), count("correction"),
-                   count("reversal"), func.sum(t.c.amount)).group_by(t.c.source_system, t.c.accession, t.c.test_code)
+                   count("reversal"), func.sum(t.c.amount), count("rebill")).group_by(
+        t.c.source_system, t.c.accession, t.c.test_code)
     with engine.connect() as conn:
         return {
-            BillKey(row[0], row[1], row[2]): ChargeCounts(int(row[3]), int(row[4]), int(row[5]), Decimal(row[6]))
+            BillKey(row[0], row[1], row[2]): ChargeCounts(int(row[3]), int(row[4]), int(row[5]), Decimal(row[6]),
+                                                          int(row[7]))
             for row in conn.execute(query)
         }
 

@@ -1,29 +1,48 @@
-"""Set-based upserts: many rows per statement, dialect-aware.
+"""Set-based writes: many rows per statement, dialect-aware.
 
-``MultiRowUpsert`` sends one ``INSERT ... ON CONFLICT`` whose rows come from
-array parameters (PostgreSQL) or one prepared statement for all rows (SQLite). ``CopyMerge`` (PostgreSQL only) COPYs the rows
-into a temporary table and merges them with one ``INSERT ... SELECT ... ON
-CONFLICT``. Both run inside the caller's transaction. bench/billing_db.py
-compares them.
+Two operations, both counting the rows they wrote so that the caller can tell
+whether another transaction got there first:
+
+* insert rows whose key is still absent (``INSERT ... ON CONFLICT DO NOTHING``);
+* compare-and-set: update stored rows only where a guard column still holds the
+  value read earlier in the transaction (``UPDATE ... FROM <rows> WHERE guard = expected``).
+  On PostgreSQL an UPDATE that waited for another transaction's lock re-checks
+  the guard on the row that transaction committed, so a lost update is impossible.
+
+``MultiRowUpsert`` sends the rows as array parameters (PostgreSQL) or runs one
+prepared statement for all rows (SQLite). ``CopyMerge`` (PostgreSQL only) COPYs
+the rows into a temporary table first. Both run inside the caller's transaction.
+bench/billing_db.py compares them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Date, DateTime, Integer, Numeric, String, Table, bindparam, column, func, select, table, text
+from sqlalchemy import (
+    BigInteger, Date, DateTime, Integer, Numeric, String, Table, bindparam, column, func, select, table, text, update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import FromClause, TableClause
 from sqlalchemy.types import TypeEngine
 
 Row = dict[str, Any]
+# The rows' extra column holding each guard value read earlier (compare-and-set).
+EXPECTED = "cas_expected"
+# Insert rowcounts are otherwise not kept by every driver/dialect pairing (psycopg: -1).
+_COUNTED = {"preserve_rowcount": True}
 
 
 class BulkUpsert(Protocol):
-    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
-                 update: Sequence[str] = ()) -> None:
-        """Insert ``rows``; on a key conflict update the ``update`` columns (none = keep the old row)."""
+    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+        """Insert ``rows``, skipping any whose ``keys`` are stored already; returns how many were inserted."""
+
+    def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
+                        guard: str, expected: Sequence[Any]) -> int:
+        """Update the stored rows named by ``keys`` to ``rows`` where the ``guard`` column still holds
+        ``expected`` (one value per row); returns how many were updated."""
 
 
 def dialect_insert(conn: Connection, target: Table) -> Any:
@@ -34,37 +53,66 @@ def dialect_insert(conn: Connection, target: Table) -> Any:
     raise ValueError(f"unsupported database dialect {conn.dialect.name}")
 
 
-def _on_conflict(stmt: Any, keys: Sequence[str], update: Sequence[str]) -> Any:
-    if not update:
-        return stmt.on_conflict_do_nothing(index_elements=list(keys))
-    return stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in update})
+def _count(conn: Connection, stmt: Any, params: Any = None) -> int:
+    return int(conn.execute(stmt, params, execution_options=_COUNTED).rowcount)
+
+
+def _guarded_update(target: Table, source: FromClause, names: Sequence[str], keys: Sequence[str],
+                    guard: str) -> Any:
+    """UPDATE target SET <non-key columns> FROM source WHERE <keys match> AND target.guard = source.expected."""
+    return update(target).values({n: source.c[n] for n in names if n not in keys}).where(
+        *(target.c[k] == source.c[k] for k in keys), target.c[guard].is_not_distinct_from(source.c[EXPECTED]))
 
 
 class MultiRowUpsert:
-    """One ``INSERT ... ON CONFLICT`` for all rows.
+    """One statement for all rows.
 
-    PostgreSQL: ``INSERT ... SELECT unnest(:col1), unnest(:col2), ...`` with one
-    array parameter per column -- one statement of constant text, so neither
-    SQLAlchemy nor psycopg re-parses a query with thousands of placeholders per
-    flush (measured: a literal ``VALUES (...), (...)`` list of 1000 rows spends
-    most of its time compiling). SQLite: one prepared statement run for every row
-    (``executemany``), which is the set-based form for an in-process database.
+    PostgreSQL: ``INSERT ... SELECT unnest(:col1), unnest(:col2), ...`` (or
+    ``UPDATE ... FROM (SELECT unnest(...))``) with one array parameter per column --
+    one statement of constant text, so neither SQLAlchemy nor psycopg re-parses a
+    query with thousands of placeholders per flush (measured: a literal
+    ``VALUES (...), (...)`` list of 1000 rows spends most of its time compiling).
+    SQLite: one prepared statement run for every row (``executemany``), which is the
+    set-based form for an in-process database.
     """
 
-    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
-                 update: Sequence[str] = ()) -> None:
+    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
         if not rows:
-            return
+            return 0
         names = list(rows[0])
         if conn.dialect.name == "postgresql":
-            arrays = select(*(
-                func.unnest(bindparam(f"rows_{n}", type_=postgresql.ARRAY(_unbounded(target.c[n].type)))).label(n)
-                for n in names
-            ))
-            stmt = postgresql.insert(target).from_select(names, arrays)
-            conn.execute(_on_conflict(stmt, keys, update), {f"rows_{n}": [row[n] for row in rows] for n in names})
-            return
-        conn.execute(_on_conflict(dialect_insert(conn, target), keys, update), list(rows))
+            stmt = postgresql.insert(target).from_select(names, _unnest(target, names))
+            return _count(conn, stmt.on_conflict_do_nothing(index_elements=list(keys)), _arrays(rows, names))
+        stmt = dialect_insert(conn, target).on_conflict_do_nothing(index_elements=list(keys))
+        return _count(conn, stmt, list(rows))
+
+    def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
+                        guard: str, expected: Sequence[Any]) -> int:
+        if not rows:
+            return 0
+        names = list(rows[0])
+        if conn.dialect.name == "postgresql":
+            source = _unnest(target, names, guard_type=target.c[guard].type).subquery("changed")
+            arrays = {**_arrays(rows, names), f"rows_{EXPECTED}": list(expected)}
+            return _count(conn, _guarded_update(target, source, names, keys, guard), arrays)
+        # Bind names must differ from the column names an UPDATE sets.
+        stmt = update(target).values({n: bindparam(f"row_{n}") for n in names if n not in keys}).where(
+            *(target.c[k] == bindparam(f"row_{k}") for k in keys),
+            target.c[guard].is_not_distinct_from(bindparam(f"row_{EXPECTED}")))
+        params = [{**{f"row_{n}": row[n] for n in names}, f"row_{EXPECTED}": value}
+                  for row, value in zip(rows, expected, strict=True)]
+        return _count(conn, stmt, params)
+
+
+def _unnest(target: Table, names: Sequence[str], guard_type: TypeEngine[Any] | None = None) -> Any:
+    columns = [(n, target.c[n].type) for n in names] + ([(EXPECTED, guard_type)] if guard_type is not None else [])
+    return select(*(
+        func.unnest(bindparam(f"rows_{n}", type_=postgresql.ARRAY(_unbounded(t)))).label(n) for n, t in columns
+    ))
+
+
+def _arrays(rows: Sequence[Row], names: Sequence[str]) -> dict[str, list[Any]]:
+    return {f"rows_{n}": [row[n] for row in rows] for n in names}
 
 
 def _unbounded(column_type: TypeEngine[Any]) -> TypeEngine[Any]:
@@ -79,34 +127,56 @@ def _unbounded(column_type: TypeEngine[Any]) -> TypeEngine[Any]:
 
 
 class CopyMerge:
-    """COPY into a transaction-scoped temporary table, then one merging INSERT ... SELECT."""
+    """COPY into a transaction-scoped temporary table, then one merging INSERT ... SELECT (or UPDATE ... FROM)."""
 
-    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
-                 update: Sequence[str] = ()) -> None:
+    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
         if not rows:
-            return
+            return 0
         if conn.dialect.name != "postgresql":
-            MultiRowUpsert()(conn, target, rows, keys, update)
-            return
+            return MultiRowUpsert()(conn, target, rows, keys)
         names = list(rows[0])
-        staging = f"staging_{target.name}"
-        quoted = ", ".join(f'"{n}"' for n in names)
-        # Created once per connection (a no-op afterwards); emptied by every commit or rollback.
-        conn.execute(text(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" '
-                          f'(LIKE "{target.name}" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS'))
-        raw = conn.connection.driver_connection  # psycopg.Connection, same transaction
-        assert raw is not None
-        with raw.cursor() as cursor:
-            # Binary COPY: no text formatting of numbers and times on either side.
-            with cursor.copy(f'COPY "{staging}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
-                copy.set_types([_copy_type(target.c[n].type) for n in names])
-                write_row = copy.write_row
-                for row in rows:
-                    write_row([row[n] for n in names])
-        source = table(staging, *(column(n) for n in names))
-        stmt = postgresql.insert(target).from_select(names, select(*source.c))
-        conn.execute(_on_conflict(stmt, keys, update))
-        conn.execute(text(f'TRUNCATE "{staging}"'))  # several merges may share one transaction
+        staging = _stage(conn, target, names, ([row[n] for n in names] for row in rows))
+        stmt = postgresql.insert(target).from_select(names, select(*(staging.c[n] for n in names)))
+        written = _count(conn, stmt.on_conflict_do_nothing(index_elements=list(keys)))
+        conn.execute(text(f'TRUNCATE "{staging.name}"'))  # several merges may share one transaction
+        return written
+
+    def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
+                        guard: str, expected: Sequence[Any]) -> int:
+        if not rows:
+            return 0
+        if conn.dialect.name != "postgresql":
+            return MultiRowUpsert().compare_and_set(conn, target, rows, keys, guard, expected)
+        names = list(rows[0])
+        values = ([*(row[n] for n in names), value] for row, value in zip(rows, expected, strict=True))
+        staging = _stage(conn, target, names, values, guard_type=target.c[guard].type)
+        written = _count(conn, _guarded_update(target, staging, names, keys, guard))
+        conn.execute(text(f'TRUNCATE "{staging.name}"'))
+        return written
+
+
+def _stage(conn: Connection, target: Table, names: Sequence[str], values: Iterable[list[Any]],
+           guard_type: TypeEngine[Any] | None = None) -> TableClause:
+    """Binary-COPY ``values`` (one list per row: ``names``, then the expected guard value if
+    ``guard_type`` is given) into a temporary table shaped like ``target``."""
+    staging = f"staging_{target.name}" if guard_type is None else f"staging_{target.name}_guarded"
+    extra = "" if guard_type is None else f', "{EXPECTED}" {guard_type.compile(dialect=conn.dialect)}'
+    # Created once per connection (a no-op afterwards); emptied by every commit or rollback.
+    conn.execute(text(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{staging}" '
+                      f'(LIKE "{target.name}" INCLUDING DEFAULTS{extra}) ON COMMIT DELETE ROWS'))
+    columns = [*names, *([EXPECTED] if guard_type is not None else [])]
+    types = [_copy_type(target.c[n].type) for n in names] + ([_copy_type(guard_type)] if guard_type else [])
+    quoted = ", ".join(f'"{n}"' for n in columns)
+    raw = conn.connection.driver_connection  # psycopg.Connection, same transaction
+    assert raw is not None
+    with raw.cursor() as cursor:
+        # Binary COPY: no text formatting of numbers and times on either side.
+        with cursor.copy(f'COPY "{staging}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
+            copy.set_types(types)
+            write_row = copy.write_row
+            for row in values:
+                write_row(row)
+    return table(staging, *(column(n) for n in columns))
 
 
 def _copy_type(column_type: TypeEngine[Any]) -> str:

@@ -17,7 +17,10 @@ charged                        correction, same version, later event time  ``cor
 charged                        final-like, otherwise  nothing (duplicate or stale)
 charged                        cancelled/EIE, same or newer  ``reversal`` ledger row (−amount), state reversed
 charged                        cancelled/EIE, older  nothing (stale)
-reversed                       anything            nothing (a reversal is final)
+reversed                       final-like, newer   ``rebill`` ledger row (+price), state charged again
+reversed                       final-like, no price  unpriced row for review, state unchanged
+reversed                       cancelled/EIE, newer  state keeps reversed, latest version moves
+reversed                       anything else       nothing (a re-sent or re-driven older event)
 any                            registered/partial/preliminary  nothing
 =============================  ==================  =====================================
 
@@ -25,6 +28,11 @@ any                            registered/partial/preliminary  nothing
 its final (the final was missed) still bills, once. HL7 versions are ordinal by
 status (every correction is version 3), so a correction of the same version
 counts when its event time is later; re-reading it or an older one does nothing.
+A rebill is priced like a first charge (on its own service date) and a later
+retraction reverses exactly its amount: a bill key never has two live charges
+(charges + rebills − reversals is 0 or 1). A newer retraction of a reversed or
+cancelled test moves the recorded version, so that a final released before it
+(arriving late, or re-driven) never bills.
 Nothing here touches a database, so the whole table is unit-tested.
 """
 
@@ -41,7 +49,7 @@ from connectors.sink_billing.events import (
 from connectors.sink_billing.price_list import PriceList
 
 ChargeStatus = Literal["charged", "reversed", "cancelled"]
-EntryType = Literal["charge", "correction", "reversal"]
+EntryType = Literal["charge", "correction", "reversal", "rebill"]
 UnpricedReason = Literal["not_on_price_list", "no_price_on_service_date"]
 
 
@@ -64,6 +72,8 @@ class ChargeState:
     latest_event_time: datetime
     # The event that last changed this row (its audit trail); None when loaded from the database.
     latest_event: BillingEvent | None = None
+    # The stored row's event_id when it was read: the writer's compare-and-set token (None: not read).
+    stored_event_id: str | None = None
 
     def moved_to(self, event: BillingEvent, status: ChargeStatus | None = None) -> ChargeState:
         """This state after ``event`` changed it: the latest_* columns follow the event."""
@@ -79,6 +89,8 @@ class LedgerEntry:
     entry_type: EntryType
     amount: Decimal
     currency: str
+    # The charge or rebill this entry belongs to (a charge or rebill names itself): one reversal per charge.
+    charge_event_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,29 +120,42 @@ class ChargeRules:
         self.prices = prices
 
     def apply(self, state: ChargeState | None, event: BillingEvent) -> Outcome:
-        status = event.report_status
-        if status in CHARGING_STATUSES:
-            if state is None:
-                return self._first_final(event)
-            if state.status == "cancelled":
-                # Not newer than the retraction: a re-sent or re-driven final of a cancelled test.
-                return self._first_final(event) if event.version > state.latest_version else NOTHING
-            if state.status == "charged" and _corrects(state, event):
-                assert state.currency is not None  # a charged row always carries its price
-                return Outcome(state.moved_to(event), LedgerEntry(event, "correction", Decimal("0"), state.currency))
-            return NOTHING
-        if status in REVERSING_STATUSES:
-            if state is None:
-                return Outcome(_cancelled(event))
-            if state.status == "cancelled" and event.version > state.latest_version:
-                return Outcome(state.moved_to(event))
-            if state.status == "charged" and event.version >= state.latest_version:
-                assert state.currency is not None
-                return Outcome(state.moved_to(event, "reversed"),
-                               LedgerEntry(event, "reversal", -state.amount, state.currency))
+        if event.report_status in CHARGING_STATUSES:
+            return self._released(state, event)
+        if event.report_status in REVERSING_STATUSES:
+            return self._retracted(state, event)
         return NOTHING
 
-    def _first_final(self, event: BillingEvent) -> Outcome:
+    def _released(self, state: ChargeState | None, event: BillingEvent) -> Outcome:
+        if state is None:
+            return self._priced(event, "charge")
+        if state.status == "charged":
+            if not _corrects(state, event):
+                return NOTHING
+            assert state.currency is not None and state.charge_event_id is not None  # a charged row is priced
+            return Outcome(state.moved_to(event),
+                           LedgerEntry(event, "correction", Decimal("0"), state.currency, state.charge_event_id))
+        if event.version <= state.latest_version:
+            # Not newer than the retraction: a re-sent or re-driven final of a retracted test.
+            return NOTHING
+        # Released again: nothing was billed before a cancelled row; a reversed one was billed and refunded.
+        return self._priced(event, "charge" if state.status == "cancelled" else "rebill")
+
+    def _retracted(self, state: ChargeState | None, event: BillingEvent) -> Outcome:
+        if state is None:
+            return Outcome(_cancelled(event))
+        if state.status == "charged":
+            if event.version < state.latest_version:
+                return NOTHING  # a stale retraction of an older version
+            assert state.currency is not None and state.charge_event_id is not None
+            return Outcome(state.moved_to(event, "reversed"),
+                           LedgerEntry(event, "reversal", -state.amount, state.currency, state.charge_event_id))
+        # Nothing is billed (cancelled) or left to reverse (reversed); remembering the newer version keeps
+        # a final released before this retraction from billing when it arrives late.
+        return Outcome(state.moved_to(event)) if event.version > state.latest_version else NOTHING
+
+    def _priced(self, event: BillingEvent, entry_type: EntryType) -> Outcome:
+        """A charge (or rebill) at the price on the event's service date, or an unpriced row for review."""
         price = self.prices.lookup(event.key.test_code, event.service_date)
         if price is None:
             reason: UnpricedReason = (
@@ -143,7 +168,7 @@ class ChargeRules:
             charge_event_id=event.event_id, latest_version=event.version, latest_event_time=event.event_time,
             latest_event=event,
         )
-        return Outcome(state, LedgerEntry(event, "charge", price.amount, price.currency))
+        return Outcome(state, LedgerEntry(event, entry_type, price.amount, price.currency, event.event_id))
 
 
 def _corrects(state: ChargeState, event: BillingEvent) -> bool:

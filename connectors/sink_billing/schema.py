@@ -14,16 +14,26 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from common.config import WorkerSettings
 from common.errors import ConfigError, RetriableError, scrub
+from connectors.sink_billing import tables, violations
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "billing_alembic_version"  # same name as in migrations/env.py
 MIGRATE_HINT = "run `labconnect migrate sink-billing`"
+# Rows an upgrade's unique index rejects: what they are, and how to list them (the query works on the
+# database as it is, since the failed upgrade changed nothing; before 0003 a key had at most one charge).
+_DUPLICATES = ("SELECT accession, test_code, source_system, count(*) FROM billing_ledger WHERE entry_type = '{0}'"
+               " GROUP BY accession, test_code, source_system HAVING count(*) > 1")
+_BLOCKING_ROWS = {
+    tables.ONE_CHARGE_INDEX: ("bill keys charged more than once", "charge"),
+    tables.ONE_REVERSAL_INDEX: ("charges reversed more than once", "reversal"),
+}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -112,11 +122,35 @@ def migrate(settings: WorkerSettings) -> None:
 
 
 def migrate_or_retry(engine: Engine) -> None:
-    """BILLING_MIGRATE_ON_START: upgrade; an unreachable database is a RetriableError."""
+    """BILLING_MIGRATE_ON_START and `labconnect migrate`: upgrade.
+
+    An unreachable database is a RetriableError. Stored rows that break a rule the
+    upgrade adds, or a database migrated by a newer version, are a ConfigError (exit 2,
+    no restart): retrying would fail the same way forever, and a person has to act.
+    """
     try:
         upgrade(engine)
+    except IntegrityError as exc:
+        # Not `from exc`: PostgreSQL's DETAIL quotes the offending rows' values.
+        raise _rows_block_upgrade(exc) from None
+    except CommandError as exc:  # Alembic names the revision ids only
+        raise ConfigError([f"BILLING_DATABASE_URL: the billing database is at a revision this version does not "
+                           f"know ({exc}; this version's newest is {head_revision()}): a newer sink-billing "
+                           "version migrated it; run that version, or downgrade the database with it"]) from exc
     except SQLAlchemyError as exc:
         raise RetriableError(f"billing database migration failed: {scrub(str(exc))}") from exc
+
+
+def _rows_block_upgrade(error: IntegrityError) -> ConfigError:
+    index = violations.unique_index(error)
+    if index in _BLOCKING_ROWS:
+        rows, entry = _BLOCKING_ROWS[index]
+        found = (f"it holds {rows}, which {index} forbids; list them with `{_DUPLICATES.format(entry)}` "
+                 f"and keep one {entry} row per bill key (README: sink-billing, Upgrading)")
+    else:
+        found = f"its rows violate {violations.describe(error)}; correct them"
+    return ConfigError([f"BILLING_DATABASE_URL: the billing database cannot be upgraded to revision "
+                        f"{head_revision()} (rolled back, nothing changed): {found}, then {MIGRATE_HINT} again"])
 
 
 def require_current_schema(engine: Engine) -> None:

@@ -29,9 +29,17 @@ BILL_KEY = ("accession", "test_code", "source_system")
 # A report event's id does not name the test (the tests of one report share it): rows keyed by event are
 # keyed by event and bill key.
 EVENT_PER_BILL_KEY = ("event_id", *BILL_KEY)
-# At most one charge per bill key, whichever task writes it (the writer retries a violation).
+# At most one charge per bill key, and one reversal per charge (or rebill), whichever task writes them:
+# a second line of defence behind the writer's compare-and-set of billing_charges.
 ONE_CHARGE_INDEX = "ux_billing_ledger_one_charge"
 CHARGE_ROWS = "entry_type = 'charge'"
+ONE_REVERSAL_INDEX = "ux_billing_ledger_one_reversal"
+REVERSAL_ROWS = "entry_type = 'reversal'"
+# A rebill is a new charge after a reversal: money in, like a charge.
+ENTRY_SIGN = (
+    "(entry_type IN ('charge', 'rebill') AND amount >= 0) OR (entry_type = 'correction' AND amount = 0)"
+    " OR (entry_type = 'reversal' AND amount <= 0)"
+)
 # A charged or reversed row names its price and charge event; a cancelled one (no charge yet) none.
 CHARGED_OR_CANCELLED = (
     "(status <> 'cancelled' AND currency IS NOT NULL AND price_effective_from IS NOT NULL"
@@ -93,11 +101,10 @@ ledger = Table(
     Column("report_status", String(32), nullable=False),
     Column("version", Integer, nullable=False),
     Column("service_time", TZ_TIME, nullable=False),
-    CheckConstraint(
-        "(entry_type = 'charge' AND amount >= 0) OR (entry_type = 'correction' AND amount = 0)"
-        " OR (entry_type = 'reversal' AND amount <= 0)",
-        name="entry_sign",
-    ),
+    # The charge or rebill this row belongs to (a charge or rebill names itself). NULL only in rows that a
+    # pre-0003 task wrote during a rolling upgrade.
+    Column("charge_event_id", String(64), nullable=True),
+    CheckConstraint(ENTRY_SIGN, name="entry_sign"),
     PrimaryKeyConstraint(*EVENT_PER_BILL_KEY),
     ForeignKeyConstraint(
         ["accession", "test_code", "source_system"],
@@ -106,6 +113,8 @@ ledger = Table(
     Index("ix_billing_ledger_bill_key", "accession", "test_code", "source_system"),
     Index(ONE_CHARGE_INDEX, *BILL_KEY, unique=True,
           postgresql_where=text(CHARGE_ROWS), sqlite_where=text(CHARGE_ROWS)),
+    Index(ONE_REVERSAL_INDEX, *BILL_KEY, "charge_event_id", unique=True,
+          postgresql_where=text(REVERSAL_ROWS), sqlite_where=text(REVERSAL_ROWS)),
 )
 
 unpriced_events = Table(

@@ -1,18 +1,25 @@
 """ChargeWriter: one flush = one database transaction with the billing rows and the offsets.
 
 Read the stored charge states of the batch's bill keys, fold the batch through
-the rules, upsert the changed charges, insert ledger and unpriced rows (event id
+the rules, write the changed charges, insert ledger and unpriced rows (event id
 and bill key are their primary key, so a re-delivered event is a no-op even
 without the offsets table) and upsert the consumed offsets -- then commit. A crash
 anywhere before the commit leaves nothing; the runtime seeks back to the stored
-offsets. Two tasks that charge one bill key at once (its events on two partitions)
-collide on the ledger's one-charge index: the later one is retried, re-reading
-the charge the other committed.
+offsets.
+
+Two tasks can hold events of one bill key at once (on two partitions), so charge
+rows are written compare-and-set: inserted only while still absent, updated only
+while their ``event_id`` is the one this flush read. Fewer rows written than sent
+means another task committed the key after our read: a RetriableError, whose retry
+re-reads and re-decides. The ledger's one-charge and one-reversal indexes stand
+behind that; a violation of one is retriable only when a re-read shows that another
+task changed the bill key meanwhile -- otherwise the ledger already holds an entry
+that billing_charges does not show, retrying cannot help, and the record is
+dead-lettered (PermanentError).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -20,21 +27,18 @@ from typing import Any
 from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import PermanentError, RetriableError, scrub
+from common.errors import ConnectorError, PermanentError, RetriableError, scrub
 from common.task import TopicPartition
-from connectors.sink_billing import tables
+from connectors.sink_billing import tables, violations
 from connectors.sink_billing.bulk import BulkUpsert, MultiRowUpsert, dialect_insert
 from connectors.sink_billing.events import BillingEvent, BillKey
-from connectors.sink_billing.rules import BatchOutcome, ChargeRules, ChargeState, fold_batch
+from connectors.sink_billing.rules import BatchOutcome, ChargeRules, ChargeState, LedgerEntry, fold_batch
 
 _LOOKUP_CHUNK = 1000
-_SQLITE_CONSTRAINT = re.compile(r"(CHECK|UNIQUE|NOT NULL|FOREIGN KEY) constraint failed(: [\w.]+)?")
-# Every column but the key: a cancelled row that is charged later gets its price too.
-_CHARGE_UPDATES = tuple(c.name for c in tables.charges.columns if not c.primary_key)
-# SQLite names a unique index by its columns (PostgreSQL by name, see _constraint_name).
-_SQLITE_ONE_CHARGE = "UNIQUE constraint failed: " + ", ".join(f"billing_ledger.{c}" for c in tables.BILL_KEY)
+# The compare-and-set token of a charge row: the event that last changed it.
+_GUARD = "event_id"
 
 
 class ChargeWriter:
@@ -59,19 +63,56 @@ class ChargeWriter:
 
     def write(self, events: Sequence[BillingEvent], offsets: dict[TopicPartition, int]) -> BatchOutcome:
         """Apply ``events`` and store ``offsets`` in one transaction; returns what was written."""
-        where = _describe(events)
-        with _classified(f"writing {where}"), self.engine.begin() as conn:
-            current = self._load_states(conn, {e.key for e in events})
-            outcome = fold_batch(self.rules, current, list(events))
+        what = f"writing {_describe(events)}"
+        read: dict[BillKey, ChargeState] = {}
+        with _classified(what):
+            try:
+                return self._write(what, events, offsets, read)
+            except Exception as error:
+                index = violations.unique_index(error)
+                if index is None:
+                    raise
+                raise self._after_index_violation(what, index, {e.key for e in events}, read) from error
+
+    def _write(self, what: str, events: Sequence[BillingEvent], offsets: dict[TopicPartition, int],
+               read: dict[BillKey, ChargeState]) -> BatchOutcome:
+        with self.engine.begin() as conn:
+            read.update(self._load_states(conn, {e.key for e in events}))
+            outcome = fold_batch(self.rules, read, list(events))
             now = datetime.now(timezone.utc)
-            self.upsert(conn, tables.charges, [_charge_row(s, now) for s in outcome.charges.values()],
-                        keys=tables.BILL_KEY, update=_CHARGE_UPDATES)
-            self.upsert(conn, tables.ledger, [_ledger_row(e.event, e.entry_type, e.amount, e.currency, now)
-                                              for e in outcome.ledger], keys=tables.EVENT_PER_BILL_KEY)
+            if self._write_charges(conn, read, list(outcome.charges.values()), now) < len(outcome.charges):
+                raise RetriableError(f"{what}: a bill key was changed concurrently by another task after this "
+                                     "flush read it (compare-and-set on billing_charges); the retry re-reads it")
+            self.upsert(conn, tables.ledger, [_ledger_row(e, now) for e in outcome.ledger],
+                        keys=tables.EVENT_PER_BILL_KEY)
             self.upsert(conn, tables.unpriced_events, [_unpriced_row(u.event, u.reason, now)
                                                        for u in outcome.unpriced], keys=tables.EVENT_PER_BILL_KEY)
             _store_offsets(conn, offsets, now)
         return outcome
+
+    def _write_charges(self, conn: Connection, read: dict[BillKey, ChargeState], states: list[ChargeState],
+                       now: datetime) -> int:
+        """Compare-and-set against ``read``; returns how many of ``states`` were written."""
+        new = [_charge_row(s, now) for s in states if s.key not in read]
+        moved = [s for s in states if s.key in read]
+        written = self.upsert(conn, tables.charges, new, keys=tables.BILL_KEY)
+        return written + self.upsert.compare_and_set(
+            conn, tables.charges, [_charge_row(s, now) for s in moved], keys=tables.BILL_KEY, guard=_GUARD,
+            expected=[read[s.key].stored_event_id for s in moved])
+
+    def _after_index_violation(self, what: str, index: str, keys: set[BillKey],
+                               read: dict[BillKey, ChargeState]) -> ConnectorError:
+        """Retriable only if another task changed one of ``keys`` since ``read``: otherwise the same
+        batch fails the same way forever, and only the poison record's bill key needs a person."""
+        with self.engine.connect() as conn:
+            now = self._load_states(conn, keys)
+        if _tokens(now) != _tokens(read):
+            return RetriableError(f"{what}: a bill key was changed concurrently by another task ({index}); "
+                                  "the retry re-reads it")
+        return PermanentError(
+            f"{what}: {index} rejects a ledger row although no other task changed its bill key: billing_ledger "
+            "already holds an entry that billing_charges does not show; reconcile the two for the record's "
+            "bill key, then re-drive the record from the dead-letter queue")
 
     def _load_states(self, conn: Connection, keys: set[BillKey]) -> dict[BillKey, ChargeState]:
         if not keys:
@@ -80,7 +121,7 @@ class ChargeWriter:
         accessions = sorted({k.accession for k in keys})
         columns = (t.c.accession, t.c.test_code, t.c.source_system, t.c.status, t.c.amount, t.c.currency,
                    t.c.price_effective_from, t.c.service_time, t.c.charge_event_id, t.c.latest_version,
-                   t.c.latest_event_time)
+                   t.c.latest_event_time, t.c.event_id)
         # By accession (the primary key's first column), then exact keys here: one parameter per accession
         # (PostgreSQL: a single array parameter), not three per key.
         if conn.dialect.name == "postgresql":
@@ -96,7 +137,7 @@ class ChargeWriter:
                 if key in keys:
                     states[key] = ChargeState(key, row.status, row.amount, row.currency, row.price_effective_from,
                                               row.service_time, row.charge_event_id, row.latest_version,
-                                              _utc(row.latest_event_time))
+                                              _utc(row.latest_event_time), stored_event_id=row.event_id)
         return states
 
 
@@ -113,6 +154,10 @@ def _store_offsets(conn: Connection, offsets: dict[TopicPartition, int], now: da
         set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
         where=t.c.next_offset != stmt.excluded.next_offset,
     ))
+
+
+def _tokens(states: dict[BillKey, ChargeState]) -> dict[BillKey, str | None]:
+    return {key: state.stored_event_id for key, state in states.items()}
 
 
 def _utc(value: datetime) -> datetime:
@@ -140,10 +185,11 @@ def _charge_row(state: ChargeState, now: datetime) -> dict[str, Any]:
             "latest_event_time": state.latest_event_time}
 
 
-def _ledger_row(event: BillingEvent, entry_type: str, amount: Any, currency: str, now: datetime) -> dict[str, Any]:
-    return {**_audit(event, now), **_key(event.key), "entry_type": entry_type, "amount": amount,
-            "currency": currency, "report_status": event.report_status, "version": event.version,
-            "service_time": event.event_time}
+def _ledger_row(entry: LedgerEntry, now: datetime) -> dict[str, Any]:
+    event = entry.event
+    return {**_audit(event, now), **_key(event.key), "entry_type": entry.entry_type, "amount": entry.amount,
+            "currency": entry.currency, "report_status": event.report_status, "version": event.version,
+            "service_time": event.event_time, "charge_event_id": entry.charge_event_id}
 
 
 def _unpriced_row(event: BillingEvent, reason: str, now: datetime) -> dict[str, Any]:
@@ -175,53 +221,10 @@ class _classified:
             return False
         if isinstance(error, (PermanentError, RetriableError)):
             return False
-        if _is_concurrent_charge(error):
-            # Not the record's fault: the retry re-reads the other task's charge and folds on top of it.
-            raise RetriableError(f"{self.what}: a bill key was charged concurrently by another task "
-                                 f"({tables.ONE_CHARGE_INDEX})") from error
-        if _is_constraint_violation(error):
-            raise PermanentError(f"{self.what}: a row violates {_constraint_name(error)}") from error
-        if isinstance(error, SQLAlchemyError) or _is_dbapi_error(error):
+        if violations.is_constraint_violation(error):
+            raise PermanentError(f"{self.what}: a row violates {violations.describe(error)}") from error
+        if isinstance(error, SQLAlchemyError) or violations.is_dbapi_error(error):
             # Not the record's fault (unreachable, locked, restarted, schema dropped): retry, then fail the task.
-            raise RetriableError(f"{self.what}: billing database error {_error_class(error)}: "
+            raise RetriableError(f"{self.what}: billing database error {violations.error_class(error)}: "
                                  f"{scrub(str(getattr(error, 'orig', None) or error))}") from error
         return False
-
-
-def _dbapi(error: BaseException) -> BaseException:
-    return error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-
-
-def _is_dbapi_error(error: BaseException) -> bool:
-    return any(c.__module__.startswith(("psycopg", "sqlite3")) for c in type(error).__mro__)
-
-
-def _is_constraint_violation(error: BaseException) -> bool:
-    names = {c.__name__ for c in type(_dbapi(error)).__mro__}
-    return bool(names & {"IntegrityError", "DataError"})
-
-
-def _is_concurrent_charge(error: BaseException) -> bool:
-    """A violation of the one-charge-per-bill-key index, and of no other rule."""
-    orig = _dbapi(error)
-    diag = getattr(orig, "diag", None)
-    if diag is not None:
-        return getattr(diag, "constraint_name", None) == tables.ONE_CHARGE_INDEX
-    return _is_constraint_violation(error) and str(orig).strip() == _SQLITE_ONE_CHARGE
-
-
-def _error_class(error: BaseException) -> str:
-    return type(_dbapi(error)).__name__
-
-
-def _constraint_name(error: BaseException) -> str:
-    orig = _dbapi(error)
-    diag = getattr(orig, "diag", None)  # psycopg: names the constraint without echoing values
-    if diag is not None and getattr(diag, "constraint_name", None):
-        return f"constraint {diag.constraint_name}"
-    if diag is not None and getattr(diag, "sqlstate", None):
-        return f"a column rule (SQLSTATE {diag.sqlstate}, {type(orig).__name__})"
-    match = _SQLITE_CONSTRAINT.search(str(orig))
-    if match:
-        return f"{match.group(1)} constraint{match.group(2) or ''}".replace(": ", " ")
-    return f"a database constraint ({type(orig).__name__})"

@@ -171,3 +171,25 @@ def test_hl7_corrections_of_one_version_are_each_recorded_once(billing_db: Billi
     assert (counts.charges, counts.corrections, counts.net_amount) == (1, 2, Decimal("9.00"))
     with billing_db.engine().connect() as conn:
         assert conn.execute(select(tables.charges.c.event_id)).scalar() == "C2"
+
+
+def test_a_test_released_again_after_its_reversal_is_rebilled_once(billing_db: BillingDatabase) -> None:
+    task, stream = billing_db.task(), ReportStream()
+    stream.report("final", version=2)
+    stream.report("cancelled", version=3)
+    stream.report("final", version=4)  # released again: a rebill
+    stream.report("final", version=2)  # the first final, re-driven from the dead-letter queue: nothing
+    stream.report("corrected", version=5)
+    for record in stream.records:
+        deliver(task, [record], stream.positions([record]))
+    before = table_snapshot(billing_db.engine())
+    deliver(task, stream.records, stream.positions())  # replayed: nothing changes
+    assert table_snapshot(billing_db.engine()) == before
+    counts = charge_counts(billing_db.engine())[KEY]
+    assert (counts.charges, counts.reversals, counts.rebills, counts.corrections) == (1, 1, 1, 1)
+    assert counts.net_amount == Decimal("9.00") and counts.live_charges == 1 and counts.exactly_once
+    with billing_db.engine().connect() as conn:
+        charge = conn.execute(select(tables.charges)).one()
+        rebill = conn.execute(select(tables.ledger).where(tables.ledger.c.entry_type == "rebill")).one()
+    assert (charge.status, charge.latest_version, charge.charge_event_id) == ("charged", 5, rebill.event_id)
+    assert (rebill.kafka_offset, rebill.charge_event_id, rebill.amount) == (2, rebill.event_id, Decimal("9.00"))

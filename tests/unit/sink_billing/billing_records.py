@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from common.records import SinkRecord
 from connectors.sink_billing.events import BillKey
 from connectors.sink_billing.rules import ChargeState
 from connectors.sink_billing.settings import BillingSettings
+from connectors.sink_billing.bulk import BulkUpsert
+from connectors.sink_billing.price_list import load_price_list
+from connectors.sink_billing.rules import ChargeRules
+from connectors.sink_billing.settings import EXAMPLE_PRICE_LIST
 from connectors.sink_billing.task import BillingSinkTask
 from connectors.sink_billing.writer import ChargeWriter
 
@@ -90,3 +94,19 @@ class StaleFirstRead(ChargeWriter):
             self.stale_reads -= 1
             return {}
         return super()._load_states(conn, keys)
+
+
+class CommitsAfterRead(ChargeWriter):
+    """A task whose flush reads the charges, then another task commits (``meanwhile``), then this flush
+    writes what it decided: one bill key's events on two partitions, interleaved on the real database."""
+
+    def __init__(self, engine: Engine, meanwhile: Callable[[], object], upsert: BulkUpsert | None = None) -> None:
+        super().__init__(engine, ChargeRules(load_price_list(EXAMPLE_PRICE_LIST)), upsert)
+        self.meanwhile: Callable[[], object] | None = meanwhile
+
+    def _load_states(self, conn: Connection, keys: set[BillKey]) -> dict[BillKey, ChargeState]:
+        states = super()._load_states(conn, keys)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return states

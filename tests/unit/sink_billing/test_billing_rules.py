@@ -71,12 +71,86 @@ def test_retraction_after_charge_reverses_with_the_negative_charged_amount(statu
     assert outcome.state is not None and outcome.state.status == "reversed"
 
 
+def reversed_at(stream: ReportStream, version: int, **kwargs: object) -> ChargeState:
+    state = RULES.apply(charged(stream), event(stream, "cancelled", version=version, **kwargs)).state
+    assert state is not None and state.status == "reversed"
+    return state
+
+
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("status", ["final", "corrected", "cancelled", "entered-in-error"])
-def test_a_reversal_is_final(status: str) -> None:
+def test_after_a_reversal_an_event_not_newer_than_it_does_nothing(status: str, version: int) -> None:
     stream = ReportStream()
-    reversed_state = RULES.apply(charged(stream), event(stream, "cancelled", version=2)).state
-    outcome = RULES.apply(reversed_state, event(stream, status, version=3))
+    assert RULES.apply(reversed_at(stream, 2), event(stream, status, version=version, event_id="LATE")) == NOTHING
+
+
+# --- Re-billing: a test released again after its reversal ---
+
+@pytest.mark.parametrize("status", ["final", "amended", "corrected", "appended"])
+def test_a_release_newer_than_the_reversal_rebills_at_the_price_on_its_service_date(status: str) -> None:
+    stream = ReportStream()
+    reversed_state = reversed_at(stream, 2)
+    rebill = event(stream, status, version=3, timestamp_ms=1_735_689_600_000)  # 2025-01-01: 8.50
+    outcome = RULES.apply(reversed_state, rebill)
+    assert outcome.ledger is not None
+    assert (outcome.ledger.entry_type, outcome.ledger.amount, outcome.ledger.charge_event_id) == (
+        "rebill", Decimal("8.50"), rebill.event_id)
+    assert outcome.state is not None
+    assert (outcome.state.status, outcome.state.amount, outcome.state.charge_event_id, outcome.state.latest_version) \
+        == ("charged", Decimal("8.50"), rebill.event_id, 3)
+
+
+def test_a_rebill_is_reversed_with_its_own_amount_and_names_the_rebill() -> None:
+    stream = ReportStream()
+    rebilled = RULES.apply(reversed_at(stream, 2), event(stream, "final", version=3, timestamp_ms=1_735_689_600_000))
+    assert rebilled.state is not None and rebilled.ledger is not None
+    outcome = RULES.apply(rebilled.state, event(stream, "entered-in-error", version=4))
+    assert outcome.ledger is not None
+    assert (outcome.ledger.entry_type, outcome.ledger.amount, outcome.ledger.charge_event_id) == (
+        "reversal", Decimal("-8.50"), rebilled.ledger.event.event_id)
+    assert outcome.state is not None and outcome.state.status == "reversed"
+
+
+def test_a_newer_retraction_of_a_reversed_test_keeps_a_late_older_final_from_rebilling() -> None:
+    stream = ReportStream()
+    reversed_state = reversed_at(stream, 2)
+    newer = RULES.apply(reversed_state, event(stream, "entered-in-error", version=6))
+    assert newer.ledger is None and newer.state is not None
+    assert (newer.state.status, newer.state.latest_version) == ("reversed", 6)
+    assert RULES.apply(newer.state, event(stream, "final", version=5)) == NOTHING  # released before v6: late
+    assert RULES.apply(newer.state, event(stream, "final", version=7)).ledger is not None
+
+
+def test_a_rebill_without_a_price_is_recorded_for_review_and_the_test_stays_reversed() -> None:
+    stream = ReportStream()
+    outcome = RULES.apply(reversed_at(stream, 2), event(stream, "final", version=3, timestamp_ms=946_684_800_000))
     assert outcome.state is None and outcome.ledger is None
+    assert outcome.unpriced is not None and outcome.unpriced.reason == "no_price_on_service_date"
+
+
+def test_corrections_and_reversals_name_the_charge_they_belong_to() -> None:
+    stream = ReportStream()
+    state = charged(stream, version=2)
+    correction = RULES.apply(state, event(stream, "corrected", version=3))
+    assert correction.ledger is not None and correction.ledger.charge_event_id == state.charge_event_id
+    assert correction.state is not None
+    reversal = RULES.apply(correction.state, event(stream, "cancelled", version=4))
+    assert reversal.ledger is not None and reversal.ledger.charge_event_id == state.charge_event_id
+
+
+def test_fold_charge_reverse_rebill_reverse_never_holds_two_live_charges() -> None:
+    stream = ReportStream()
+    events = [event(stream, "final", version=2), event(stream, "cancelled", version=3),
+              event(stream, "final", version=4), event(stream, "final", version=4, event_id="DUP"),
+              event(stream, "corrected", version=5), event(stream, "cancelled", version=6),
+              event(stream, "final", version=5)]  # late: released before the last retraction
+    outcome = fold_batch(RULES, {}, events)
+    assert [e.entry_type for e in outcome.ledger] == ["charge", "reversal", "rebill", "correction", "reversal"]
+    assert sum(e.amount for e in outcome.ledger) == 0
+    charge, first_reversal, rebill, correction, second_reversal = outcome.ledger
+    assert first_reversal.charge_event_id == charge.event.event_id
+    assert correction.charge_event_id == second_reversal.charge_event_id == rebill.event.event_id
+    assert fold_batch(RULES, outcome.charges, events).ledger == []  # re-read: nothing new
 
 
 def test_test_not_on_price_list_is_recorded_as_unpriced_not_dropped() -> None:

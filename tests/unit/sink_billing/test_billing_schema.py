@@ -10,7 +10,7 @@ from sqlalchemy import event, inspect, select, text
 from sqlalchemy.engine import Engine
 
 from common.config import load_settings
-from common.errors import ConfigError
+from common.errors import ConfigError, RetriableError
 from connectors.sink_billing import tables
 from connectors.sink_billing.audit import charge_counts
 from connectors.sink_billing.connector import CONNECTOR
@@ -93,6 +93,19 @@ _ROWS_0001 = [
 ]
 
 
+_DOUBLE_CHARGE_0001 = [
+    *_ROWS_0001[:1], _ROWS_0001[2],
+    "INSERT INTO billing_ledger VALUES ('F1-AGAIN', 'MSG', 'lab-reports', 1, 7, '2026-01-02 00:00:00.000000', "
+    "'ACC1', '2345-7', 'LIS-A', 'charge', 9.00, 'USD', 'final', 2, '2026-01-01 00:00:00.000000')",
+]
+
+
+# The ledger as 0001 created it: later revisions add columns, and must keep these values.
+LEDGER_0001 = text("SELECT event_id, source_message_id, kafka_topic, kafka_partition, kafka_offset, processed_at,"
+                   " accession, test_code, source_system, entry_type, amount, currency, report_status, version,"
+                   " service_time FROM billing_ledger")
+
+
 def database_at_0001_in_use(tmp_path: Path) -> Engine:
     engine = make_engine(sqlite_url(tmp_path))
     upgrade(engine, "0001")
@@ -105,11 +118,14 @@ def database_at_0001_in_use(tmp_path: Path) -> Engine:
 def test_upgrade_of_a_database_in_use_keeps_every_row_and_orders_later_corrections(tmp_path: Path) -> None:
     engine = database_at_0001_in_use(tmp_path)
     with engine.connect() as conn:
-        ledger_before = sorted(tuple(r) for r in conn.execute(text("SELECT * FROM billing_ledger")))
+        ledger_before = sorted(tuple(r) for r in conn.execute(LEDGER_0001))
     upgrade(engine)
     with engine.connect() as conn:
         charges = {r.accession: r for r in conn.execute(select(tables.charges))}
-        assert sorted(tuple(r) for r in conn.execute(text("SELECT * FROM billing_ledger"))) == ledger_before
+        assert sorted(tuple(r) for r in conn.execute(LEDGER_0001)) == ledger_before
+        # 0003: every row names the charge it belongs to.
+        assert dict(conn.execute(text("SELECT event_id, charge_event_id FROM billing_ledger")).all()) == {
+            "F1": "F1", "C1": "F1", "F2": "F2", "X2": "F2"}
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # enforcement is back on
     # Backfilled from the ledger row of each row's latest event (the correction, the reversal).
     assert charges["ACC1"].latest_event_time == datetime(2026, 1, 1, 0, 0, 0, 1000)
@@ -143,3 +159,41 @@ def test_downgrade_to_0001_forgets_retractions_and_refuses_shared_event_ids(tmp_
                     for r in conn.execute(text("SELECT accession, test_code, status FROM billing_charges"))}
     assert statuses == {("ACC1", GLUCOSE): "charged", ("ACC2", GLUCOSE): "reversed", ("ACC4", GLUCOSE): "charged",
                         ("ACC4", "718-7"): "charged"}  # the cancelled ACC3 is gone
+
+
+def test_start_on_a_database_whose_rows_block_the_upgrade_is_a_config_error_not_a_retry(tmp_path: Path) -> None:
+    """A ConfigError stops the task with exit code 2; any other error would restart it into the same failure."""
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        for statement in _DOUBLE_CHARGE_0001:
+            conn.execute(text(statement))
+    with pytest.raises(ConfigError) as caught:
+        start_task(sqlite_url(tmp_path))
+    assert not isinstance(caught.value, RetriableError)
+    assert str(caught.value).startswith("invalid configuration: BILLING_DATABASE_URL: the billing database cannot "
+                                        f"be upgraded to revision {head_revision()}")
+    assert "ux_billing_ledger_one_charge" in str(caught.value) and current_revision(engine) == "0001"
+
+
+def test_downgrade_below_0003_refuses_a_ledger_holding_a_rebill(tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade(engine)
+    writer, stream = ChargeWriter(engine, ChargeRules(load_price_list(EXAMPLE_PRICE_LIST))), ReportStream()
+    writer.write([billing_event(stream.report(status, version=version))
+                  for status, version in (("final", 2), ("cancelled", 3), ("final", 4))], {})
+    with pytest.raises(Exception, match="CHECK constraint failed"):
+        downgrade(engine, "0002")
+    assert current_revision(engine) == head_revision()  # one transaction: nothing changed
+    (counts,) = charge_counts(engine).values()
+    assert counts.rebills == 1
+
+
+def test_a_database_migrated_by_a_newer_version_stops_an_older_task_instead_of_restarting_it(tmp_path: Path) -> None:
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    with pytest.raises(ConfigError, match=rf"revision this version does not know \(.*'9999'; this version's newest "
+                                          rf"is {head_revision()}\): a newer sink-billing version migrated it"):
+        start_task(sqlite_url(tmp_path))

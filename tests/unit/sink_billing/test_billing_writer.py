@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from common.errors import RetriableError
+from common.errors import PermanentError, RetriableError
 from connectors.sink_billing import tables
-from connectors.sink_billing.audit import charge_counts
+from connectors.sink_billing.audit import ChargeCounts, charge_counts
 from connectors.sink_billing.events import BillingEvent, BillKey, billing_event
 from connectors.sink_billing.price_list import load_price_list
-from connectors.sink_billing.rules import ChargeRules
+from connectors.sink_billing.rules import ChargeRules, ChargeState
 from connectors.sink_billing.schema import make_engine, upgrade
 from connectors.sink_billing.settings import EXAMPLE_PRICE_LIST
 from connectors.sink_billing.writer import ChargeWriter
@@ -102,9 +102,75 @@ def test_a_bill_key_charged_concurrently_by_another_task_is_retriable_and_the_re
     ChargeWriter(engine, RULES).write([billing_event(other_partition.report("final", version=2))], {})
     late = StaleFirstRead(engine, RULES)
     corrected = billing_event(this_partition.report("corrected", version=3))
-    with pytest.raises(RetriableError, match=r"lab-reports/1@0..0.*charged concurrently"):
+    with pytest.raises(RetriableError, match=r"lab-reports/1@0..0.*changed concurrently"):
         write(late, corrected)
     write(late, corrected)  # the runtime's retry: read again, fold again
     assert [entry for _, entry, _ in ledger(engine)] == ["charge", "correction"]
     counts = charge_counts(engine)[KEY]
     assert (counts.charges, counts.corrections, counts.net_amount) == (1, 1, Decimal("9.00"))
+
+
+def cancel_behind_the_ledgers_back(engine: Engine) -> None:
+    """What a retraction racing a charge left before compare-and-set: the ledger holds the charge, the row
+    says cancelled."""
+    with engine.begin() as conn:
+        conn.execute(tables.charges.update().values(
+            status="cancelled", amount=0, currency=None, price_effective_from=None, service_time=None,
+            charge_event_id=None, latest_version=4, latest_report_status="cancelled", event_id="X4"))
+
+
+class ChangedBeforeReread(ChargeWriter):
+    """Another task changes the bill key after this flush failed on a ledger index, before it re-reads."""
+
+    def __init__(self, engine: Engine, meanwhile: BillingEvent) -> None:
+        super().__init__(engine, RULES)
+        self.reads, self.meanwhile = 0, meanwhile
+
+    def _load_states(self, conn: Connection, keys: set[BillKey]) -> dict[BillKey, ChargeState]:
+        self.reads += 1
+        if self.reads == 2:
+            ChargeWriter(self.engine, RULES).write([self.meanwhile], {})
+        return super()._load_states(conn, keys)
+
+
+def test_an_index_violation_is_retriable_when_another_task_changed_the_bill_key_meanwhile(engine: Engine) -> None:
+    stream, other = ReportStream(), ReportStream(partition=1)
+    write(ChargeWriter(engine, RULES), billing_event(stream.report("final", version=2)))
+    cancel_behind_the_ledgers_back(engine)
+    late = ChangedBeforeReread(engine, billing_event(other.report("entered-in-error", version=6)))
+    released = billing_event(stream.report("final", version=5))
+    with pytest.raises(RetriableError, match=r"changed concurrently by another task \(ux_billing_ledger_one_charge\)"):
+        write(late, released)
+    write(late, released)  # re-decided on the newer retraction: the final was released before it
+    assert ledger(engine) == [(GLUCOSE, "charge", Decimal("9.00"))]
+
+
+def test_the_same_violation_without_another_task_is_permanent(engine: Engine) -> None:
+    stream = ReportStream()
+    write(ChargeWriter(engine, RULES), billing_event(stream.report("final", version=2)))
+    cancel_behind_the_ledgers_back(engine)
+    with pytest.raises(PermanentError, match=r"ux_billing_ledger_one_charge rejects a ledger row although no other"):
+        write(ChargeWriter(engine, RULES), billing_event(stream.report("final", version=5)))
+
+
+def test_a_reversal_rebill_and_second_reversal_are_linked_to_the_charge_each_reverses(engine: Engine) -> None:
+    writer, stream = ChargeWriter(engine, RULES), ReportStream()
+    for status, version in (("final", 2), ("cancelled", 3), ("final", 4), ("cancelled", 5)):
+        write(writer, billing_event(stream.report(status, version=version)))
+    t = tables.ledger
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.entry_type, t.c.amount, t.c.event_id, t.c.charge_event_id)
+                            .order_by(t.c.kafka_offset)).all()
+    (charge, _, first, _), (reversal, _, _, first_reversed), (rebill, _, second, _), (_, _, _, second_reversed) = rows
+    assert (charge, reversal, rebill) == ("charge", "reversal", "rebill")
+    assert (first_reversed, second_reversed) == (first, second)
+    counts = charge_counts(engine)[KEY]
+    assert (counts.charges, counts.rebills, counts.reversals, counts.net_amount) == (1, 1, 2, Decimal("0.00"))
+
+
+def test_exactly_once_allows_rebills_after_reversals_but_never_two_live_charges() -> None:
+    assert ChargeCounts(1, 0, 1, Decimal("9"), rebills=1).exactly_once  # charge, reversal, rebill
+    assert ChargeCounts(1, 2, 2, Decimal("0"), rebills=1).exactly_once  # ... and reversed again
+    assert not ChargeCounts(1, 0, 0, Decimal("18"), rebills=1).exactly_once  # a rebill of a live charge
+    assert not ChargeCounts(1, 0, 2, Decimal("-9")).exactly_once  # reversed twice
+    assert not ChargeCounts(0, 0, 1, Decimal("0"), rebills=1).exactly_once  # a rebill of nothing
