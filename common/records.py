@@ -35,7 +35,8 @@ class SinkRecord:
 
     ``raw_key``/``raw_value`` keep the exact bytes (the dead-letter queue re-sends
     them byte-for-byte); ``value`` is the Avro value, resolved to the sink's reader
-    schema for the topic if it declares one, else as written. ``schema`` names the
+    schema for the topic if it declares one, else as written (None for a task with
+    ``raw_values``, which decodes ``raw_value`` itself). ``schema`` names the
     writer schema (``fp:<hex fingerprint>`` or ``id:<registry id>``); resolve it with
     ``context.writer_schema``.
     """

@@ -97,6 +97,17 @@ class Serde(Protocol):
 
     def writer_schema(self, ref: str) -> dict[str, Any]: ...
 
+    def peek(self, data: bytes) -> str:
+        """The writer schema ref of ``data`` after checking its framing and that the schema
+        is known, without decoding the body (see :func:`avro_body_offset`)."""
+        ...
+
+
+def avro_body_offset(schema_ref: str) -> int:
+    """Where the Avro body starts in a value whose writer schema is ``schema_ref``:
+    after the single-object header (2 + 8 bytes) or the Confluent one (1 + 4)."""
+    return 10 if schema_ref.startswith("fp:") else 5
+
 
 def _encode_body(schema: dict[str, Any], value: dict[str, Any]) -> bytes:
     out = io.BytesIO()
@@ -115,6 +126,7 @@ class SingleObjectSerde:
         self.repository = repository or SchemaRepository()
         self._prefix: dict[str, bytes] = {}
         self._resolved: dict[tuple[bytes, str | None], tuple[dict[str, Any], dict[str, Any] | None, str]] = {}
+        self._peeked: dict[bytes, str] = {}
 
     def encode(self, topic: str, schema_name: str, value: dict[str, Any]) -> bytes:
         prefix = self._prefix.get(schema_name)
@@ -123,6 +135,17 @@ class SingleObjectSerde:
         return prefix + _encode_body(self.repository.by_name(schema_name), value)
 
     def decode(self, data: bytes, reader_schema: str | None = None) -> tuple[dict[str, Any], str]:
+        writer, reader, ref = self._resolve(data, reader_schema)
+        return _read(data, 10, writer, reader), ref
+
+    def peek(self, data: bytes) -> str:
+        ref = self._peeked.get(data[:10])  # marker + fingerprint: one slice and one lookup per record
+        if ref is None:
+            ref = self._resolve(data, None)[2]
+            self._peeked[data[:10]] = ref
+        return ref
+
+    def _resolve(self, data: bytes, reader_schema: str | None) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
         if data[:2] != SINGLE_OBJECT_MARKER or len(data) < 10:
             raise SerializationError("not Avro single-object encoded (missing C3 01 marker)")
         fp = data[2:10]
@@ -135,8 +158,7 @@ class SingleObjectSerde:
             if reader is not None and reader is writer:
                 reader = None
             cached = self._resolved[(fp, reader_schema)] = (writer, reader, f"fp:{fp.hex()}")
-        writer, reader, ref = cached
-        return _read(data, 10, writer, reader), ref
+        return cached
 
     def writer_schema(self, ref: str) -> dict[str, Any]:
         schema = self.repository.by_fingerprint(bytes.fromhex(ref[3:]))
@@ -212,10 +234,19 @@ class RegistrySerde:
             writer = self._writers[schema_id] = fastavro.parse_schema(json.loads(registered.schema_str))
         return writer
 
-    def decode(self, data: bytes, reader_schema: str | None = None) -> tuple[dict[str, Any], str]:
+    def peek(self, data: bytes) -> str:
+        schema_id = self._schema_id(data)
+        self._writer(schema_id)  # unknown id: SerializationError; registry down: RetriableError
+        return f"id:{schema_id}"
+
+    @staticmethod
+    def _schema_id(data: bytes) -> int:
         if len(data) < 5 or data[0] != CONFLUENT_MAGIC:
             raise SerializationError("not in Confluent wire format (missing magic byte)")
-        (schema_id,) = struct.unpack(">I", data[1:5])
+        return int(struct.unpack(">I", data[1:5])[0])
+
+    def decode(self, data: bytes, reader_schema: str | None = None) -> tuple[dict[str, Any], str]:
+        schema_id = self._schema_id(data)
         cached = self._resolved.get((schema_id, reader_schema))
         if cached is None:
             writer = self._writer(schema_id)

@@ -35,7 +35,7 @@ from common.errors import TaskFailed, is_retriable, safe_message
 from common.metrics import TaskMetrics
 from common.records import SinkRecord
 from common.retry import RetryPolicy, call_with_retries
-from common.serde import Serde, make_serde
+from common.serde import Serde, SerializationError, make_serde
 from common.status import Control, StatusReporter, TaskState
 from common.task import SinkTask, TopicPartition as TP
 
@@ -56,12 +56,20 @@ class SinkBatch:
         self.last_seen: dict[TP, float] = {}
         self.dirty = False  # something (maybe only dead letters) awaits a commit
 
-    def add(self, record: SinkRecord, size: int, now: float) -> None:
+    def extend(self, records: list[SinkRecord], size: int, now: float) -> None:
+        """Add one fetch's records (``size``: their key and value bytes)."""
+        if not records:
+            return
         if not self.records:
             self.started = now
-        self.records.append(record)
+        self.records.extend(records)
         self.bytes += size
-        self.last_seen[(record.topic, record.partition)] = now
+        last_seen = self.last_seen
+        topic, partition = None, -1
+        for record in records:  # a fetch comes in runs of one partition: one dict write per run
+            if record.partition != partition or record.topic != topic:
+                topic, partition = record.topic, record.partition
+                last_seen[(topic, partition)] = now
         self.dirty = True
 
     def clear(self) -> None:
@@ -79,6 +87,9 @@ class SinkContext:
 
     def writer_schema(self, schema_ref: str) -> dict[str, Any]:
         return self._serde.writer_schema(schema_ref)
+
+    def decode(self, raw_value: bytes) -> dict[str, Any]:
+        return self._serde.decode(raw_value)[0]
 
 
 class SinkWorker:
@@ -149,8 +160,10 @@ class SinkWorker:
 
     def _accept(self, messages: list[Message]) -> None:
         now = time.monotonic()
-        decode = self.serde.decode
+        decode = self._peek if self.task.raw_values else self.serde.decode
         readers = self._reader_by_topic
+        accepted: list[SinkRecord] = []
+        size = 0
         for message in messages:
             error = message.error()
             if error is not None:
@@ -159,7 +172,7 @@ class SinkWorker:
             topic = message.topic()
             raw_value = message.value()
             raw_key = message.key()
-            value: dict[str, Any] | None = None
+            value: dict[str, Any] | None = None  # stays None for a task that decodes raw values itself
             schema_ref: str | None = None
             if raw_value is not None:
                 try:
@@ -192,10 +205,15 @@ class SinkWorker:
             except UnicodeDecodeError as exc:
                 self._dead_letter_message(message, exc, "KEY_CONVERTER")
                 continue
-            record = SinkRecord(topic, message.partition(), message.offset(), message.timestamp()[1], key, value,
-                                raw_key, raw_value, message.headers() or [], schema_ref)
-            self.batch.add(record, len(raw_value or b"") + len(raw_key or b""), now)
+            accepted.append(SinkRecord(topic, message.partition(), message.offset(), message.timestamp()[1], key,
+                                       value, raw_key, raw_value, message.headers() or [], schema_ref))
+            size += len(raw_value or b"") + len(raw_key or b"")
+        self.batch.extend(accepted, size, now)
         self.metrics.sink_record_read.inc(len(messages))
+
+    def _peek(self, raw_value: bytes, reader_schema: str | None) -> tuple[None, str]:
+        """For ``raw_values`` tasks: framing and writer schema checked, body left encoded."""
+        return None, self.serde.peek(raw_value)
 
     def _should_flush(self, now: float) -> bool:
         batch, s = self.batch, self.settings
@@ -290,7 +308,9 @@ class SinkWorker:
             except (TaskFailed, _Abandoned, MemoryError):
                 raise
             except Exception as exc:
-                self._dead_letter_record(record, exc, "TASK_PUT")
+                # A raw_values task that finds a corrupt body reports it as a converter error.
+                stage = "VALUE_CONVERTER" if isinstance(exc, SerializationError) else "TASK_PUT"
+                self._dead_letter_record(record, exc, stage)
                 self._put_and_flush([], offsets)  # a sink that owns its offsets moves past it too
             self._commit(offsets)
             return

@@ -70,8 +70,17 @@ class SinkTaskContext(Protocol):
     def writer_schema(self, schema_ref: str) -> dict[str, Any]:
         """The parsed Avro schema a record was written with (``SinkRecord.schema``)."""
 
+    def decode(self, raw_value: bytes) -> dict[str, Any]:
+        """Decode one value the way the runtime would (for tasks with ``raw_values``);
+        raises SerializationError for a corrupt value."""
+
 
 class SinkTask(ABC):
+    #: True: the runtime checks each value's framing and writer schema but does not decode it;
+    #: ``SinkRecord.value`` stays None and the task decodes ``raw_value`` itself (in bulk, say),
+    #: like a Kafka Connect sink configured with the ByteArrayConverter.
+    raw_values: bool = False
+
     def start(self, context: SinkTaskContext) -> None:
         """Called once before the first batch."""
         self.context = context
