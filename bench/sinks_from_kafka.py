@@ -10,7 +10,8 @@ process (so peak memory is the mode's own) over the same topic:
 * billing: the sink (runtime + BillingSinkTask) with the ``copy`` and the ``multirow``
   write path into a local PostgreSQL, and a bare one-INSERT-per-row loop of the same rows;
 * warehouse: the sink (runtime + WarehouseSinkTask, Parquet zstd) into moto's S3 server;
-* both: the bare confluent-kafka consume + fastavro decode loop of the same topic.
+* both: the bare confluent-kafka consume + fastavro decode loop of the same topic;
+* warehouse: also the bare consume loop with the bulk (DuckDB) decoder the sink uses.
 
 Reports records/s, MB/s of consumed values, p50/p99 of one flush+commit, peak RSS.
 """
@@ -105,15 +106,20 @@ def run_sink(spec: Any, env: dict[str, str], count: int) -> dict[str, Any]:
             "flush_ms_p50": flushes[len(flushes) // 2] * 1000, "flush_ms_p99": flushes[int(len(flushes) * .99)] * 1000}
 
 
-def bare_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+def _bare_consumer(bootstrap: str, topic: str) -> Any:
     from confluent_kafka import Consumer
 
-    from common.serde import SingleObjectSerde
-
-    decode = SingleObjectSerde().decode
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
+    return consumer
+
+
+def bare_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    from common.serde import SingleObjectSerde
+
+    decode = SingleObjectSerde().decode
+    consumer = _bare_consumer(bootstrap, topic)
     seen = size = 0
     started = None
     while seen < count:
@@ -130,12 +136,52 @@ def bare_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     return {"records": seen, "records_per_s": seen / elapsed, "mb_per_s": size / elapsed / 1e6}
 
 
+def bare_bulk_decode(bootstrap: str, topic: str, count: int, batch: int) -> dict[str, Any]:
+    """The bare consume loop with the warehouse's bulk decoder (DuckDB) instead of fastavro."""
+    from common.serde import SingleObjectSerde
+    from connectors.sink_warehouse.arrow_schema import avro_to_arrow
+    from connectors.sink_warehouse.avro_arrow import AvroBatchDecoder
+
+    serde = SingleObjectSerde()
+    decoder = AvroBatchDecoder()
+    consumer = _bare_consumer(bootstrap, topic)
+    seen = size = 0
+    started = None
+    values: list[bytes] = []
+
+    def decode() -> None:
+        ref = serde.peek(values[0])
+        writer = serde.writer_schema(ref)
+        decoder.decode(ref, writer, values, 10, avro_to_arrow(writer))
+        values.clear()
+
+    while seen < count:
+        messages = consumer.consume(1000, timeout=1.0)
+        if messages and started is None:
+            started = time.perf_counter()
+        for message in messages:
+            value = message.value()
+            size += len(value)
+            values.append(value)
+        seen += len(messages)
+        if len(values) >= batch:
+            decode()
+    if values:
+        decode()
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    decoder.close()
+    return {"records": seen, "records_per_s": seen / elapsed, "mb_per_s": size / elapsed / 1e6}
+
+
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     base = {"TOPICS": args.topic, "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
             "CONNECTOR_NAME": f"bench-{uuid.uuid4().hex[:8]}", "FLUSH_MAX_RECORDS": str(args.batch),
             "FLUSH_IDLE_MS": "2000", "FLUSH_MAX_AGE_MS": "30000"}
     if mode == "bare-decode":
         return bare_decode(args.bootstrap, args.topic, args.records)
+    if mode == "bare-bulk-decode":
+        return bare_bulk_decode(args.bootstrap, args.topic, args.records, args.batch)
     if mode.startswith("billing-"):
         method = mode.split("-", 1)[1]
         from billing_db import fresh_database
@@ -214,7 +260,7 @@ def main() -> int:
             boto3.client("s3", endpoint_url=services[-1].endpoint_url, region_name="us-east-1",
                          aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
             extra += ["--bucket", bucket, "--s3", services[-1].endpoint_url]
-            modes = ["bare-decode", "warehouse"]
+            modes = ["bare-decode", "bare-bulk-decode", "warehouse"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
         results = {}
         print(f"{'mode':<18} {'records/s':>10} {'MB/s':>7} {'flush p50':>10} {'flush p99':>10} {'peak RSS':>9}")
@@ -229,10 +275,10 @@ def main() -> int:
             p99 = f"{r['flush_ms_p99']:.0f} ms" if "flush_ms_p99" in r else "-"
             mbs = f"{r['mb_per_s']:.1f}" if "mb_per_s" in r else "-"
             print(f"{mode:<18} {r['records_per_s']:>10,.0f} {mbs:>7} {p50:>10} {p99:>10} {r['peak_rss_mb']:>6.0f} MB")
-        if "bare-decode" in results:
+        for bare in ("bare-decode", "bare-bulk-decode"):
             for mode, r in results.items():
-                if mode != "bare-decode":
-                    print(f"{mode} / bare consume+decode = {r['records_per_s'] / results['bare-decode']['records_per_s']:.0%}")
+                if bare in results and not mode.startswith("bare"):
+                    print(f"{mode} / {bare} = {r['records_per_s'] / results[bare]['records_per_s']:.0%}")
     finally:
         for service in reversed(services):
             service.stop()

@@ -163,14 +163,56 @@ class _Mapper:
         raise SchemaMappingError(f"unknown Avro type name {name}")
 
 
-def evolution_conflicts(known: dict[str, pa.DataType], schema: pa.Schema) -> list[str]:
-    """Names of columns whose type changed in a way readers cannot combine by name."""
+ColumnTypes = dict[str, list[pa.DataType]]  # column name -> every type a topic's files have for it
+
+
+def add_column_types(known: ColumnTypes, schema: pa.Schema) -> None:
+    """Add the column types of ``schema`` to ``known`` (NULL columns fit every type)."""
+    for field in schema:
+        types = known.setdefault(field.name, [])
+        if not pa.types.is_null(field.type) and not any(t.equals(field.type) for t in types):
+            types.append(field.type)
+
+
+def evolution_conflicts(known: ColumnTypes, schema: pa.Schema) -> list[str]:
+    """Columns of ``schema`` (``column.field`` inside records) that readers cannot combine by
+    name with some type earlier files have. Every known type is compared, so the verdict does
+    not depend on the order the earlier schemas were met in."""
     conflicts = []
     for field in schema:
-        before = known.get(field.name)
-        if before is None or before.equals(field.type) or pa.types.is_null(before):
-            continue
-        if {(before, field.type), (field.type, before)} & _WIDENINGS or pa.types.is_null(field.type):
-            continue
-        conflicts.append(field.name)
+        for before in known.get(field.name, ()):
+            path = _conflict(before, field.type, field.name)
+            if path is not None:
+                conflicts.append(path)
+                break
     return conflicts
+
+
+def _conflict(before: pa.DataType, after: pa.DataType, path: str) -> str | None:
+    """Where ``after`` cannot be read together with ``before`` (None: it can).
+
+    Nested fields are matched by name like columns (DuckDB ``union_by_name``, Athena): a
+    record, or the record items of an array or map, may gain or lose fields (older rows
+    read them as NULL), but a field both have must keep a compatible type."""
+    if before.equals(after) or pa.types.is_null(before) or pa.types.is_null(after):
+        return None
+    if (before, after) in _WIDENINGS or (after, before) in _WIDENINGS:
+        return None
+    if pa.types.is_struct(before) and pa.types.is_struct(after):
+        return _struct_conflict(before, after, path)
+    if pa.types.is_map(before) and pa.types.is_map(after):
+        return _conflict(before.item_type, after.item_type, f"{path}.value")  # keys are always strings
+    if pa.types.is_list(before) and pa.types.is_list(after):
+        return _conflict(before.value_type, after.value_type, f"{path}.element")
+    return path
+
+
+def _struct_conflict(before: pa.StructType, after: pa.StructType, path: str) -> str | None:
+    for field in after:
+        index = before.get_field_index(field.name)
+        if index < 0:
+            continue  # a new field
+        conflict = _conflict(before.field(index).type, field.type, f"{path}.{field.name}")
+        if conflict is not None:
+            return conflict
+    return None

@@ -60,6 +60,16 @@ class RowLayout:
 
     def record_batch(self, records: Sequence[SinkRecord]) -> pa.RecordBatch:
         """The rows of ``records`` (all of one topic-partition)."""
+        arrays = self.value_arrays(records) + self.kafka_arrays(records)
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def table(self, values: pa.Table, records: Sequence[SinkRecord]) -> pa.Table:
+        """The rows of ``records`` whose value columns were decoded in bulk into ``values``."""
+        columns = list(values.columns) + self.kafka_arrays(records)
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def value_arrays(self, records: Sequence[SinkRecord]) -> list[pa.Array]:
+        """The value columns of ``records``, from their decoded values."""
         values = [r.value or {} for r in records]
         try:
             # Rows to columns with C-level loops: the hot path.
@@ -68,7 +78,13 @@ class RowLayout:
             columns = [[v.get(f.name) for v in values] for f in self.value_fields]
         if not columns:
             columns = [[] for _ in self.value_fields]
-        arrays = [self._value_column(col, f) for col, f in zip(columns, self.value_fields)]
+        return [self._value_column(col, f) for col, f in zip(columns, self.value_fields)]
+
+    def kafka_arrays(self, records: Sequence[SinkRecord]) -> list[pa.Array]:
+        """The Kafka metadata columns of ``records`` (all of one topic-partition)."""
+        arrays: list[pa.Array] = []
+        if not records:
+            return [pa.array([], f.type) for f in self.schema if f.name.startswith(KAFKA_PREFIX)]
         first = records[0]
         arrays.append(pa.repeat(pa.scalar(first.topic, pa.string()), len(records)))
         arrays.append(pa.repeat(pa.scalar(first.partition, pa.int32()), len(records)))
@@ -78,7 +94,7 @@ class RowLayout:
         if self.include_headers:
             headers = [[{"key": k, "value": v} for k, v in r.headers] for r in records]
             arrays.append(pa.array(headers, HEADERS_FIELD.type))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        return arrays
 
     @staticmethod
     def _value_column(column: Sequence[Any], arrow_field: pa.Field) -> pa.Array:

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import os
 import uuid
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from common.records import SinkRecord
 from connectors.sink_warehouse.arrow_schema import SchemaMappingError, avro_to_arrow
+from connectors.sink_warehouse.avro_arrow import plain_schema
 from connectors.sink_warehouse.columns import RowLayout
 
 
@@ -33,8 +35,10 @@ class FileFormat(Protocol):
     def arrow_schema(self, prepared: Any) -> pa.Schema | None:
         """The row schema, for formats that readers combine by column name."""
 
-    def write(self, out: IO[bytes], prepared: Any, records: Sequence[SinkRecord]) -> None:
-        """Write the rows of ``records`` (one topic-partition, one writer schema)."""
+    def write(self, out: IO[bytes], prepared: Any, records: Sequence[SinkRecord],
+              values: pa.Table | None = None) -> None:
+        """Write the rows of ``records`` (one topic-partition, one writer schema); ``values``
+        holds their value columns when they were decoded in bulk (Parquet only)."""
 
 
 class ParquetFormat:
@@ -51,9 +55,13 @@ class ParquetFormat:
     def arrow_schema(self, prepared: RowLayout) -> pa.Schema:
         return prepared.schema
 
-    def write(self, out: IO[bytes], prepared: RowLayout, records: Sequence[SinkRecord]) -> None:
-        # One row group per slice keeps memory at one row group of Arrow data.
+    def write(self, out: IO[bytes], prepared: RowLayout, records: Sequence[SinkRecord],
+              values: pa.Table | None = None) -> None:
         with pq.ParquetWriter(out, prepared.schema, compression=self.compression) as writer:
+            if values is not None:
+                writer.write_table(prepared.table(values, records), row_group_size=self.row_group_size)
+                return
+            # One row group per slice keeps memory at one row group of Arrow data.
             for start in range(0, len(records), self.row_group_size):
                 batch = prepared.record_batch(records[start:start + self.row_group_size])
                 writer.write_batch(batch, row_group_size=self.row_group_size)
@@ -84,9 +92,12 @@ class AvroFormat:
     def __init__(self, include_headers: bool = False, codec: str = "deflate") -> None:
         self.include_headers = include_headers
         self.codec = codec
+        # fastavro draws a random sync marker per file; one per process makes a rewrite of the same
+        # records byte-identical, so a retried round can skip what it already uploaded.
+        self.sync_marker = os.urandom(16)
 
     def prepare(self, avro_schema: dict[str, Any]) -> dict[str, Any]:
-        value = _plain_schema(avro_schema, set())
+        value = plain_schema(avro_schema)
         if not isinstance(value, dict) or value.get("type") != "record":
             raise SchemaMappingError("the value schema is not an Avro record")
         fields = list(value.get("fields", []))
@@ -101,7 +112,8 @@ class AvroFormat:
     def arrow_schema(self, prepared: dict[str, Any]) -> None:
         return None
 
-    def write(self, out: IO[bytes], prepared: dict[str, Any], records: Sequence[SinkRecord]) -> None:
+    def write(self, out: IO[bytes], prepared: dict[str, Any], records: Sequence[SinkRecord],
+              values: pa.Table | None = None) -> None:
         headers = self.include_headers
         rows = (
             {
@@ -113,26 +125,10 @@ class AvroFormat:
             for r in records
         )
         try:
-            fastavro.writer(out, prepared, rows, codec=self.codec)
+            fastavro.writer(out, prepared, rows, codec=self.codec, sync_marker=self.sync_marker)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # fastavro may echo the value: keep only the class (no PHI).
             raise SchemaMappingError(f"record does not match its writer schema: {type(exc).__name__}") from None
-
-
-def _plain_schema(node: Any, seen: set[str]) -> Any:
-    """A schema without fastavro's parse markers and with every named type defined once
-    (``parse_schema(expand=True)`` output repeats definitions, which a writer rejects)."""
-    if isinstance(node, list):
-        return [_plain_schema(n, seen) for n in node]
-    if not isinstance(node, dict):
-        return node
-    if node.get("type") in ("record", "error", "enum", "fixed") and "name" in node:
-        name = str(node["name"])
-        full = name if "." in name or not node.get("namespace") else f"{node['namespace']}.{name}"
-        if full in seen:
-            return full
-        seen.add(full)
-    return {k: _plain_schema(v, seen) for k, v in node.items() if not k.startswith("__fastavro") and k != "__named_schemas"}
 
 
 class JsonLinesFormat:
@@ -150,7 +146,8 @@ class JsonLinesFormat:
     def arrow_schema(self, prepared: None) -> None:
         return None
 
-    def write(self, out: IO[bytes], prepared: None, records: Sequence[SinkRecord]) -> None:
+    def write(self, out: IO[bytes], prepared: None, records: Sequence[SinkRecord],
+              values: pa.Table | None = None) -> None:
         encode = self._encoder.encode
         lines = []
         for r in records:

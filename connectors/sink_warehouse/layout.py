@@ -66,6 +66,21 @@ class TimePartitioner:
                 return cached
         return self._format(ms)
 
+    def uniform_partition(self, first_ms: int, last_ms: int) -> str | None:
+        """The partition of every instant in [first_ms, last_ms] if they all share one, else
+        None. Checked bucket by bucket, so zone changes at any minute are respected; spans
+        longer than two hours are not checked (None)."""
+        first_bucket, last_bucket = first_ms // _BUCKET_MS, last_ms // _BUCKET_MS
+        if last_bucket - first_bucket > 8:
+            return None
+        common = self.partition(first_ms)
+        for bucket in range(first_bucket, last_bucket + 1):
+            self.partition(bucket * _BUCKET_MS)  # fills the cache entry of the bucket
+            if self._cache.get(bucket) != common:  # "" (split) or another partition
+                return None
+        self.partition(last_ms)  # range check
+        return common
+
     def _format(self, ms: int) -> str:
         local = (_EPOCH + timedelta(milliseconds=ms)).astimezone(self.zone)
         return f"dt={local:%Y-%m-%d}/hour={local:%H}"

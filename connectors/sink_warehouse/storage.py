@@ -5,12 +5,15 @@ replaces the first; exactly-once relies on both (README, "Exactly once").
 :meth:`Storage.open_object` yields a binary file to write the object into; the
 object is published when the ``with`` block ends without an exception.
 Every storage failure raises :class:`RetriableError`: the records are fine, the store is not.
+:class:`SkipUnchanged` wraps either so that a retried round does not upload again
+what its failed attempt already uploaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -171,6 +174,77 @@ class S3Storage:
 
     def close(self) -> None:
         self.client.close()
+
+
+class _Unchanged(Exception):
+    """Raised inside the wrapped storage's ``open_object``: cancels a publish that would change nothing."""
+
+
+class SkipUnchanged:
+    """A storage that does not publish a key again with the bytes this process last published
+    to it, until :meth:`forget`.
+
+    A round that cannot finish before its deadline is retried from the start with the same
+    records, so it produces the same keys with the same bytes: skipping the objects the failed
+    attempt published lets every attempt get further, where re-uploading them all would time
+    out again. Exactly once holds because a skipped key already has exactly the bytes the
+    upload would write: the memory is of this process's own publishes, an upload that may or
+    may not have happened (it failed) is forgotten, and the task forgets everything when a
+    round ends or partitions are revoked (another task may then write the keys)."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.prefix = inner.prefix
+        self.skipped = 0  # objects not uploaded again (for logs and tests)
+        self._published: dict[str, bytes] = {}  # key -> MD5 of the bytes this process published
+
+    @contextlib.contextmanager
+    def open_object(self, key: str) -> Iterator[IO[bytes]]:
+        hashing: _Md5Writer | None = None
+        try:
+            with self.inner.open_object(key) as out:
+                hashing = _Md5Writer(out)
+                yield hashing  # type: ignore[misc]
+                if self._published.get(key) == hashing.digest():
+                    raise _Unchanged
+                self._published.pop(key, None)  # if the upload fails, the key's content is unknown
+        except _Unchanged:
+            self.skipped += 1
+            return
+        assert hashing is not None
+        self._published[key] = hashing.digest()
+
+    def forget(self) -> None:
+        """Publish every key again from now on."""
+        self._published.clear()
+
+    def list_keys(self, folder: str) -> list[str]:
+        return self.inner.list_keys(folder)
+
+    def read_object(self, key: str) -> bytes:
+        return self.inner.read_object(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _Md5Writer:
+    """A binary file that hashes what is written through it (pyarrow, fastavro and the JSON
+    encoder only write; anything else goes to the file underneath)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def write(self, data: bytes) -> int:
+        self._md5.update(data)
+        return self._out.write(data)
+
+    def digest(self) -> bytes:
+        return self._md5.digest()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
 
 
 def _storage_error(what: str, exc: BaseException) -> RetriableError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,17 @@ import pyarrow as pa
 from common.config import WorkerSettings
 from common.errors import ConfigError, ConnectorError, PermanentError, RetriableError
 from common.records import SinkRecord
+from common.serde import SerializationError, avro_body_offset
 from common.task import SinkTask, SinkTaskContext, TopicPartition
-from connectors.sink_warehouse.arrow_schema import SchemaMappingError, evolution_conflicts
-from connectors.sink_warehouse.formats import FileFormat, make_format
+from connectors.sink_warehouse.arrow_schema import (
+    ColumnTypes, SchemaMappingError, add_column_types, evolution_conflicts)
+from connectors.sink_warehouse.avro_arrow import AvroBatchDecoder, BulkDecodeUnavailable
+from connectors.sink_warehouse.columns import RowLayout
+from connectors.sink_warehouse.formats import FileFormat, ParquetFormat, make_format
 from connectors.sink_warehouse.layout import InvalidEventTime, TimePartitioner, epoch_ms, object_key
 from connectors.sink_warehouse.schema_manifest import SchemaManifest
 from connectors.sink_warehouse.settings import WarehouseSettings
-from connectors.sink_warehouse.storage import Storage, open_storage
+from connectors.sink_warehouse.storage import SkipUnchanged, Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,10 @@ class _Chunk:
     schema_ref: str
     start_offset: int
     records: list[SinkRecord] = field(default_factory=list)
+    pieces: list[pa.Table] = field(default_factory=list)  # value columns, when decoded in bulk
+
+    def values(self) -> pa.Table | None:
+        return pa.concat_tables(self.pieces) if self.pieces else None
 
 
 class WarehouseSinkTask(SinkTask):
@@ -68,11 +77,15 @@ class WarehouseSinkTask(SinkTask):
             row_group_size=settings.parquet_row_group_size, include_headers=settings.warehouse_include_headers,
         )
         self.partitioner = TimePartitioner(settings.warehouse_timezone)
+        # Parquet is written from Arrow columns: values are decoded in bulk straight into them.
+        self.raw_values = isinstance(self.format, ParquetFormat)
+        self._bulk: AvroBatchDecoder | None = None
         self._prepared: dict[str, Any] = {}  # schema ref -> the format's per-schema state
         self._accepted: set[tuple[str, str]] = set()  # (topic, schema ref) checked for evolution
         # (topic, schema ref) -> why it conflicts with the topic's files (known types only ever grow)
         self._conflicts: dict[tuple[str, str], str] = {}
-        self._columns: dict[str, dict[str, pa.DataType]] = {}  # topic -> column types of its files
+        self._columns: dict[str, ColumnTypes] = {}  # topic -> every type each column of its files has
+        self._manifest_keys: dict[tuple[str, str], str] = {}  # (topic, schema ref) -> schema manifest key
         self._open: dict[WriterKey, _Chunk] = {}
         self._chunks: list[_Chunk] = []
         self._round_started: float | None = None  # clock() at the round's first put
@@ -92,11 +105,95 @@ class WarehouseSinkTask(SinkTask):
                 read_timeout=s.s3_read_timeout_ms / 1000, part_size=s.s3_part_size_bytes,
                 sse=s.s3_sse, sse_kms_key_id=s.s3_sse_kms_key_id,
             )
+        # A retried round skips the objects its failed attempt uploaded with the same bytes,
+        # so a round too long for one WAREHOUSE_FLUSH_TIMEOUT_MS still finishes.
+        self.uploads = SkipUnchanged(self.storage)
         self.manifest = SchemaManifest(self.storage)
+        if self.raw_values:
+            try:
+                self._bulk = AvroBatchDecoder()
+            except Exception as exc:  # e.g. duckdb and duckdb-extension-avro versions differ
+                log.warning("bulk Avro decoding unavailable (%s); decoding record by record", exc)
 
     def put(self, records: Sequence[SinkRecord]) -> None:
         if self._round_started is None:
             self._round_started = self.clock()
+        if self.raw_values:
+            for run in _runs(records):
+                self._put_run(run)
+            return
+        self._put_decoded(records)
+
+    def _put_run(self, run: Sequence[SinkRecord]) -> None:
+        """Buffer a run of raw records of one topic-partition and one writer schema."""
+        first = run[0]
+        ref = first.schema or ""
+        self._accept(first, ref)
+        values = self._decode_run(run, ref)
+        topic, partition = first.topic, first.partition
+        for time_partition, rows in self._rows_by_time_partition(run, values).items():
+            writer = (topic, partition, time_partition)
+            chunk = self._open.get(writer)
+            if chunk is None or chunk.schema_ref != ref:
+                # A schema change cuts the object: the cut point is in the data, so replays repeat it.
+                chunk = self._open[writer] = _Chunk(writer, ref, run[rows[0] if rows else 0].offset)
+                self._chunks.append(chunk)
+            if rows is None:
+                chunk.records.extend(run)
+                chunk.pieces.append(values)
+            else:
+                chunk.records.extend(run[i] for i in rows)
+                chunk.pieces.append(values.take(pa.array(rows, pa.int64())))
+
+    def _decode_run(self, run: Sequence[SinkRecord], ref: str) -> pa.Table:
+        layout = cast(RowLayout, self._prepared[ref])
+        target = pa.schema(layout.value_fields)
+        if self._bulk is not None and len(run) >= _MIN_BULK:
+            raw_values = [cast(bytes, r.raw_value) for r in run]
+            try:
+                return self._bulk.decode(ref, self.context.writer_schema(ref), raw_values, avro_body_offset(ref), target)
+            except BulkDecodeUnavailable as exc:
+                log.debug("%s", exc)
+        # Record by record: finds a corrupt body, and reads the types DuckDB does not read exactly.
+        for record in run:
+            try:
+                record.value = self.context.decode(cast(bytes, record.raw_value))
+            except SerializationError as exc:
+                raise SerializationError(f"{_where(record)}: {exc}") from None
+        return pa.Table.from_arrays(layout.value_arrays(run), schema=target)
+
+    def _rows_by_time_partition(self, run: Sequence[SinkRecord], values: pa.Table) -> dict[str, list[int] | None]:
+        """Row numbers per time partition, from the (bulk-decoded) time column; ``None``
+        stands for every row (a run within one hour: the usual case, and no per-row work)."""
+        field_name = self.settings.warehouse_timestamp_field
+        if field_name not in values.column_names:
+            raise PermanentError(f"{_where(run[0])}: time field {field_name} is missing")
+        column = values[field_name]
+        millis: list[Any]
+        if column.null_count == 0 and pa.types.is_timestamp(column.type) and column.type.unit in ("ms", "us"):
+            as_ms = column.cast(pa.timestamp("ms", tz=column.type.tz), safe=False) if column.type.unit == "us" else column
+            millis = as_ms.cast(pa.int64()).to_pylist()
+        elif column.null_count == 0 and pa.types.is_int64(column.type):
+            millis = column.to_pylist()
+        else:  # nulls or another type: per value, so the error names the record
+            millis = [_event_ms(record, field_name, value) for record, value in zip(run, column.to_pylist())]
+        partition_of = self.partitioner.partition
+        with contextlib.suppress(InvalidEventTime):
+            single = self.partitioner.uniform_partition(min(millis), max(millis))
+            if single is not None:
+                return {single: None}
+        rows: dict[str, list[int] | None] = {}
+        for i, (record, ms) in enumerate(zip(run, millis)):
+            try:
+                time_partition = partition_of(ms)
+            except InvalidEventTime as exc:
+                raise PermanentError(f"{_where(record)}: time field {field_name} is {exc}") from None
+            cast(list[int], rows.setdefault(time_partition, [])).append(i)
+        return rows
+
+    def _put_decoded(self, records: Sequence[SinkRecord]) -> None:
+        """Buffer records the runtime decoded (Avro and JSON Lines files)."""
+
         time_field = self.settings.warehouse_timestamp_field
         partition_of = self.partitioner.partition
         open_chunks = self._open
@@ -124,26 +221,32 @@ class WarehouseSinkTask(SinkTask):
             self._round_started = None
             return
         assert self.storage is not None, "start() was not called"
-        self.manifest.store(before_each=self._check_deadline)  # schemas before the data that uses them
         objects = rows = 0
+        skipped = self.uploads.skipped
         for chunk in self._chunks:
             topic, partition, time_partition = chunk.writer
             key = object_key(self.storage.prefix, topic, partition, time_partition,
                              chunk.start_offset, self.format.extension)
             self._check_deadline(key)
-            with self.storage.open_object(key) as out, _gc_paused():
+            with self.uploads.open_object(key) as out, _gc_paused():
                 try:
-                    self.format.write(out, self._prepared[chunk.schema_ref], chunk.records)
+                    self.format.write(out, self._prepared[chunk.schema_ref], chunk.records, chunk.values())
                 except (ConnectorError, MemoryError, OSError):
                     # Not the records' fault; the storage turns an OSError of its file (disk full)
                     # into a RetriableError. (ArrowMemoryError is an ArrowException too.)
                     raise
                 except _ENCODING_ERRORS as exc:  # pyarrow/fastavro may echo values: keep only the class
                     raise PermanentError(f"cannot encode {key}: {type(exc).__name__}") from None
+                # The manifest gets the schema only with data that encoded (none for records bound
+                # for the DLQ), and before that data is published.
+                self._store_schema(chunk)
+                self._check_deadline(key)  # encoding and the manifest took time: again before the upload
             objects += 1
             rows += len(chunk.records)
             log.debug("wrote %s (%d rows)", key, len(chunk.records))
-        log.info("flushed %d objects, %d rows", objects, rows)
+        log.info("flushed %d objects (%d already uploaded by a failed attempt), %d rows",
+                 objects, self.uploads.skipped - skipped, rows)
+        self.uploads.forget()  # the round is done: the runtime commits it now
         self.abort()
 
     def abort(self) -> None:
@@ -155,8 +258,11 @@ class WarehouseSinkTask(SinkTask):
         revoked = set(partitions)
         self._chunks = [c for c in self._chunks if (c.writer[0], c.writer[1]) not in revoked]
         self._open = {w: c for w, c in self._open.items() if (w[0], w[1]) not in revoked}
+        self.uploads.forget()  # the partitions' new owner may write their keys from now on
 
     def stop(self) -> None:
+        if self._bulk is not None:
+            self._bulk.close()
         if self.storage is not None:
             self.storage.close()
 
@@ -175,22 +281,34 @@ class WarehouseSinkTask(SinkTask):
                 prepared = self._prepared[ref] = self.format.prepare(self.context.writer_schema(ref))
             schema = self.format.arrow_schema(prepared)
             if schema is not None:
-                # Other processes (before a restart or rebalance, other tasks) may have written
-                # files of this topic with schemas this one never saw: check against those too.
-                known = self._columns.setdefault(record.topic, {})
-                self._check_deadline(f"reading the schemas of {record.topic}")
-                for stored in self.manifest.new_schemas(record.topic):
-                    _merge_columns(known, stored)
-                conflicts = evolution_conflicts(known, schema)
-                if conflicts:
-                    reason = self._conflicts[(record.topic, ref)] = (
-                        f"incompatible type change of columns {conflicts} (schema {ref})")
-                    raise SchemaMappingError(reason)
-                _merge_columns(known, schema)
-                self.manifest.add(record.topic, schema)
+                self._check_evolution(record.topic, ref, schema)
         except PermanentError as exc:
             raise PermanentError(f"{_where(record)}: {exc}") from None
         self._accepted.add((record.topic, ref))
+
+    def _check_evolution(self, topic: str, ref: str, schema: pa.Schema) -> None:
+        """Check ``schema`` against every type each column of the topic's files has. Other
+        processes (before a restart or rebalance, other tasks) may have written files with
+        schemas this one never saw, so the schema manifest is read first (its reads count
+        against the round's deadline)."""
+        known = self._columns.setdefault(topic, {})
+        for stored in self.manifest.new_schemas(topic, before_each=self._check_deadline).values():
+            add_column_types(known, stored)
+        manifest_key = self.manifest.prepare(topic, schema)
+        # A schema already in the manifest has files: rejecting it would protect no reader.
+        if not self.manifest.contains(topic, manifest_key):
+            conflicts = evolution_conflicts(known, schema)
+            if conflicts:
+                reason = self._conflicts[(topic, ref)] = (
+                    f"incompatible type change of columns {conflicts} (schema {ref})")
+                raise SchemaMappingError(reason)
+        add_column_types(known, schema)
+        self._manifest_keys[(topic, ref)] = manifest_key
+
+    def _store_schema(self, chunk: _Chunk) -> None:
+        manifest_key = self._manifest_keys.get((chunk.writer[0], chunk.schema_ref))
+        if manifest_key is not None:  # None: a format without a manifest
+            self.manifest.store(manifest_key, before_each=self._check_deadline)
 
     def _check_deadline(self, next_step: str) -> None:
         """Before each storage request: past WAREHOUSE_FLUSH_TIMEOUT_MS, give the round back to
@@ -203,10 +321,38 @@ class WarehouseSinkTask(SinkTask):
                                  f"({limit_ms} ms), before {next_step}")
 
 
-def _merge_columns(known: dict[str, pa.DataType], schema: pa.Schema) -> None:
-    for f in schema:
-        if f.name not in known or not pa.types.is_null(f.type):
-            known[f.name] = f.type
+_RUN_KEY = operator.attrgetter("topic", "partition", "schema")
+_MIN_BULK = 64  # fewer values decode faster one by one than through a DuckDB query
+
+
+def _runs(records: Sequence[SinkRecord]) -> Iterator[Sequence[SinkRecord]]:
+    """The records of each topic-partition, in order, cut where the writer schema changes.
+
+    Fetches of several partitions may interleave in a batch; each run is decoded in one
+    go, so runs are gathered per partition. Tombstones carry no event to archive and are
+    left out (their schema is None: they form runs of their own)."""
+    keys = list(map(_RUN_KEY, records))
+    cuts = [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    segments: dict[tuple[str, int], list[list[SinkRecord]]] = {}
+    start = 0
+    for end in [*cuts, len(records)]:
+        first = records[start] if end > start else None
+        if first is not None and first.raw_value is not None:
+            runs = segments.setdefault((first.topic, first.partition), [])
+            if runs and runs[-1][-1].schema == first.schema:
+                runs[-1].extend(records[start:end])
+            else:
+                runs.append(list(records[start:end]))
+        start = end
+    for runs in segments.values():
+        yield from runs
+
+
+def _event_ms(record: SinkRecord, field_name: str, value: object) -> int:
+    try:
+        return epoch_ms(value)
+    except InvalidEventTime as exc:
+        raise PermanentError(f"{_where(record)}: time field {field_name} is {exc}") from None
 
 
 @contextlib.contextmanager

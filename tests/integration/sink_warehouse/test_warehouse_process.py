@@ -11,8 +11,10 @@ from typing import Any
 
 import duckdb
 
+from common.dlq import HEADER_PREFIX
+from common.serde import SingleObjectSerde
 from tests.integration.conftest import RuntimeEnv
-from tests.support.kafka_helpers import committed_offsets, produce, wait_for
+from tests.support.kafka_helpers import LAB_RESULT, committed_offsets, consume_all, produce, wait_for
 from tests.support.test_connectors import lab_result
 
 HOUR_MS = 3_600_000
@@ -118,3 +120,27 @@ def test_idle_partition_is_flushed_in_time_and_a_crash_right_after_is_still_exac
     wait_for(lambda: _committed_total(runtime, name, topic) == 120, 60, "all offsets committed")
     _download(s3_client, bucket, tmp_path)
     assert _count(tmp_path) == (120, 120)
+
+
+def test_a_corrupt_value_goes_to_the_dlq_and_its_neighbours_are_written_once(
+        runtime: RuntimeEnv, make_topic: Callable[..., str], s3_endpoint: str, s3_client: Any, bucket: str,
+        tmp_path: Path) -> None:
+    # Framing and writer schema are fine, so the runtime hands the value on; the body is cut
+    # short, so the sink's bulk decode of its run fails and the record must be isolated.
+    topic = make_topic("lab-results")
+    good = SingleObjectSerde().encode(topic, LAB_RESULT, _record(250))
+    corrupt = good[:40]
+    values: list[tuple[str | None, dict[str, Any] | bytes | None]] = [(f"p{n % 13}", _record(n)) for n in range(500)]
+    values[250] = ("p3", corrupt)
+    produce(runtime.bootstrap, topic, values)
+    name = f"poison-{topic}"
+    runtime.start_real("sink-warehouse", "sink", FLUSH_MAX_RECORDS=500,
+                       **_s3_env(runtime, s3_endpoint, bucket, topic, name))
+    wait_for(lambda: _committed_total(runtime, name, topic) == 500, 90, "offsets committed past the dead letter")
+    dead = consume_all(runtime.bootstrap, runtime.dlq, expect=1)
+    assert [m.value() for m in dead] == [corrupt]
+    headers = dict(dead[0].headers())
+    assert headers[HEADER_PREFIX + "stage"] == b"VALUE_CONVERTER"
+    assert headers[HEADER_PREFIX + "offset"] == b"250"
+    _download(s3_client, bucket, tmp_path)
+    assert _count(tmp_path) == (499, 499)

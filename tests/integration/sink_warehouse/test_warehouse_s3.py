@@ -192,3 +192,38 @@ def test_incompatible_type_change_is_rejected_by_a_new_process_too(
     restarted.put(make_records(range(4, 6)))
     restarted.flush({})
     assert query(download() / "warehouse", "select count(*), count(metadata['lab']) from WAREHOUSE") == [(5, 5)]
+
+
+def test_a_round_longer_than_its_deadline_finishes_on_retry_and_each_object_is_put_once(
+        s3_endpoint: str, s3_client: Any, bucket: str, context: Any, make_records: Callable[..., Any],
+        download: Callable[[], Path]) -> None:
+    now = [1000.0]
+    task = WarehouseSinkTask(WarehouseSettings(
+        warehouse_url=f"s3://{bucket}/warehouse", s3_endpoint_url=s3_endpoint, s3_region="us-east-1",
+        warehouse_flush_timeout_ms=1000), clock=lambda: now[0])
+    task.start(context)
+    storage: Any = task.storage
+    upload, uploaded = storage._upload, []
+
+    def slow_upload(body: Any, key: str, size: int) -> None:  # each PUT takes 600 ms
+        upload(body, key, size)
+        uploaded.append(key)
+        now[0] += 0.6
+
+    storage._upload = slow_upload
+    batch = make_records(range(100), ts=lambda i: T0 + (i % 4) * HOUR_MS)  # four objects
+    for attempt in range(1, 6):
+        task.put(batch)
+        try:
+            task.flush({})
+            break
+        except RetriableError:
+            task.abort()
+            now[0] += 60
+    else:
+        pytest.fail("the round never finished: every retry started over")
+    assert attempt == 3  # manifest + 1 object, then 2 objects, then the last one
+    data = [k for k in uploaded if "/_schemas/" not in k]
+    assert sorted(data) == keys(s3_client, bucket) and len(data) == 4
+    assert query(download() / "warehouse", "select count(distinct _kafka_offset), count(*) from WAREHOUSE") \
+        == [(100, 100)]

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from warehouse_records import lab_result_schema
-from connectors.sink_warehouse.arrow_schema import SchemaMappingError, avro_to_arrow, evolution_conflicts
+from connectors.sink_warehouse.arrow_schema import (
+    SchemaMappingError, add_column_types, avro_to_arrow, evolution_conflicts)
 
 RICH: dict[str, Any] = {
     "type": "record", "name": "Rich", "namespace": "com.example",
@@ -91,10 +92,57 @@ def test_recursive_record_is_a_permanent_error() -> None:
 
 def test_new_optional_column_is_compatible_type_change_is_not() -> None:
     before = avro_to_arrow(lab_result_schema())
-    known = {f.name: f.type for f in before}
+    known = {f.name: [f.type] for f in before}
     added = before.append(pa.field("specimen", pa.string()))
     assert evolution_conflicts(known, added) == []
     widened = before.set(before.get_field_index("version"), pa.field("version", pa.int64()))
     assert evolution_conflicts(known, widened) == []
     changed = before.set(before.get_field_index("timestamp"), pa.field("timestamp", pa.string()))
     assert evolution_conflicts(known, changed) == ["timestamp"]
+
+
+def specimen_schema(specimen_fields: list[dict[str, Any]], shape: str = "record") -> pa.Schema:
+    """LabResult plus a nested ``specimen`` column: a record, an array of records or a map of records."""
+    record: dict[str, Any] = {"type": "record", "name": "Specimen", "fields": specimen_fields}
+    nested: dict[str, Any] = {"record": record, "array": {"type": "array", "items": record},
+                              "map": {"type": "map", "values": record}}[shape]
+    schema = lab_result_schema()
+    schema["fields"].append({"name": "specimen", "type": ["null", nested], "default": None})
+    return avro_to_arrow(schema)
+
+
+def known_types(*schemas: pa.Schema) -> dict[str, list[pa.DataType]]:
+    known: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        add_column_types(known, schema)
+    return known
+
+
+SPECIMEN = [{"name": "kind", "type": "string"}, {"name": "volume_ml", "type": "int"}]
+
+
+@pytest.mark.parametrize("shape", ["record", "array", "map"])
+def test_a_nested_record_gaining_an_optional_field_is_compatible(shape: str) -> None:
+    before = specimen_schema(SPECIMEN, shape)
+    gained = specimen_schema(SPECIMEN + [{"name": "container", "type": ["null", "string"], "default": None}], shape)
+    assert evolution_conflicts(known_types(before), gained) == []
+    assert evolution_conflicts(known_types(gained), before) == []  # and files of both read together
+    widened = specimen_schema([SPECIMEN[0], {"name": "volume_ml", "type": "long"}], shape)
+    assert evolution_conflicts(known_types(before, gained), widened) == []
+
+
+@pytest.mark.parametrize(("shape", "path"), [("record", "specimen.volume_ml"),
+                                             ("array", "specimen.element.volume_ml"),
+                                             ("map", "specimen.value.volume_ml")])
+def test_a_type_change_of_a_nested_field_is_a_conflict_named_by_its_path(shape: str, path: str) -> None:
+    before = specimen_schema(SPECIMEN, shape)
+    changed = specimen_schema([SPECIMEN[0], {"name": "volume_ml", "type": "string"}], shape)
+    assert evolution_conflicts(known_types(before), changed) == [path]
+
+
+def test_the_verdict_compares_every_known_type_whatever_their_order() -> None:
+    base = avro_to_arrow(lab_result_schema())
+    as_float, as_double, as_long = (base.append(pa.field("ratio", t)) for t in (pa.float32(), pa.float64(), pa.int64()))
+    # long widens to double but not to float: files with float exist, so long conflicts.
+    assert evolution_conflicts(known_types(as_float, as_double), as_long) == ["ratio"]
+    assert evolution_conflicts(known_types(as_double, as_float), as_long) == ["ratio"]

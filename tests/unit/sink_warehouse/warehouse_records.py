@@ -14,7 +14,7 @@ from typing import Any
 
 import fastavro
 from common.records import SinkRecord
-from common.serde import avro_fingerprint
+from common.serde import SINGLE_OBJECT_MARKER, SerializationError, avro_fingerprint
 
 ROOT = Path(__file__).resolve().parents[3]
 HOUR_MS = 3_600_000
@@ -48,6 +48,22 @@ class FakeContext:
 
     def writer_schema(self, ref: str) -> dict[str, Any]:
         return self.schemas[ref]
+
+    def decode(self, raw_value: bytes) -> dict[str, Any]:
+        if raw_value[:2] != SINGLE_OBJECT_MARKER or len(raw_value) < 10:
+            raise SerializationError("not Avro single-object encoded")
+        buf = io.BytesIO(raw_value[10:])
+        try:
+            return fastavro.schemaless_reader(buf, self.schemas["fp:" + raw_value[2:10].hex()], None)
+        except Exception as exc:
+            raise SerializationError(f"cannot decode Avro body: {type(exc).__name__}") from None
+
+
+def encoded(ref: str, schema: dict[str, Any], value: dict[str, Any]) -> bytes:
+    """The value as the runtime receives it: Avro single-object encoding."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(copy.deepcopy(schema)), value)
+    return SINGLE_OBJECT_MARKER + bytes.fromhex(ref[3:]) + buf.getvalue()
 
 
 def lab_value(i: int, ts_ms: int) -> dict[str, Any]:
@@ -87,8 +103,10 @@ def records_factory(context: FakeContext) -> RecordFactory:
         for off in offsets:
             fields = extra(off) if callable(extra) else extra or {}
             value = decoded(schema, {**lab_value(off, ts(off)), **fields})
+            # Both forms: the runtime hands Parquet sinks the bytes and other formats the value.
             out.append(SinkRecord(topic=topic, partition=partition, offset=off, timestamp_ms=ts(off),
-                                  key=value["patient_id"], value=value, raw_key=None, raw_value=None,
+                                  key=value["patient_id"], value=value, raw_key=None,
+                                  raw_value=encoded(ref, schema, value),
                                   headers=[("source", b"LIS1")], schema=ref))
         return out
 

@@ -1,0 +1,140 @@
+"""Bulk decoding (DuckDB's avro extension) must give exactly the table that decoding record by
+record (fastavro + RowLayout) gives, or refuse so the caller decodes record by record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import uuid
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+import pytest
+
+from common.records import SinkRecord
+from connectors.sink_warehouse import avro_arrow
+from connectors.sink_warehouse.arrow_schema import avro_to_arrow
+from connectors.sink_warehouse.avro_arrow import AvroBatchDecoder, BulkDecodeUnavailable, container_file, \
+    container_header
+from connectors.sink_warehouse.columns import RowLayout
+
+KITCHEN_SINK = {
+    "type": "record", "name": "Everything", "namespace": "test",
+    "fields": [
+        {"name": "s", "type": "string"},
+        {"name": "i", "type": "int"},
+        {"name": "l", "type": "long"},
+        {"name": "f", "type": "float"},
+        {"name": "d", "type": "double"},
+        {"name": "b", "type": "boolean"},
+        {"name": "raw", "type": "bytes"},
+        {"name": "maybe", "type": ["null", "string"], "default": None},
+        {"name": "maybe_first", "type": ["long", "null"]},
+        {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["A", "B", "C"]}},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "ts_us", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}]},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
+        {"name": "meta", "type": {"type": "map", "values": ["null", "string"]}},
+        {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [
+            {"name": "x", "type": "int"}, {"name": "ys", "type": {"type": "array", "items": "long"}}]}},
+        {"name": "inners", "type": {"type": "array", "items": "Inner"}},
+    ],
+}
+
+
+def kitchen_value(i: int) -> dict[str, Any]:
+    return {
+        "s": f"héllo-{i}", "i": -i, "l": 2**40 + i, "f": 1.5 * i, "d": 2.25 * i, "b": i % 2 == 0,
+        "raw": bytes([i % 256, 0, 255]), "maybe": None if i % 3 else f"m{i}", "maybe_first": i if i % 2 else None,
+        "status": "ABC"[i % 3], "ts": 1_718_000_000_000 + i, "ts_us": None if i % 4 == 0 else 1_718_000_000_000_123 + i,
+        "day": 19_000 + i, "tags": [f"t{j}" for j in range(i % 3)], "meta": {"k": "v", "n": None} if i % 2 else {},
+        "inner": {"x": i, "ys": [i, i + 1]}, "inners": [{"x": j, "ys": []} for j in range(i % 2)],
+    }
+
+
+def _bodies(schema: dict[str, Any], values: list[dict[str, Any]]) -> list[bytes]:
+    parsed = fastavro.parse_schema(schema)
+    out = []
+    for value in values:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, value)
+        out.append(buf.getvalue())
+    return out
+
+
+def _record_by_record(schema: dict[str, Any], bodies: list[bytes]) -> pa.Table:
+    parsed = fastavro.parse_schema(schema)
+    records = [SinkRecord("t", 0, n, 0, None, fastavro.schemaless_reader(io.BytesIO(b), parsed, None), None, b, [])
+               for n, b in enumerate(bodies)]
+    layout = RowLayout.for_values(avro_to_arrow(parsed), include_headers=False)
+    return pa.Table.from_arrays(layout.value_arrays(records), schema=pa.schema(layout.value_fields))
+
+
+@pytest.fixture
+def decoder() -> Any:
+    d = AvroBatchDecoder(workers=2)
+    yield d
+    d.close()
+
+
+def test_container_file_is_a_valid_avro_file() -> None:
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(5)])
+    data = container_file(container_header(fastavro.parse_schema(KITCHEN_SINK)), bodies)
+    assert [r["s"] for r in fastavro.reader(io.BytesIO(data))] == [f"héllo-{i}" for i in range(5)]
+
+
+def test_bulk_decode_equals_record_by_record(decoder: AvroBatchDecoder) -> None:
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(50)])
+    expected = _record_by_record(KITCHEN_SINK, bodies)
+    got = decoder.decode("fp:kitchen", fastavro.parse_schema(KITCHEN_SINK), bodies, 0, expected.schema)
+    assert got.schema.equals(expected.schema, check_metadata=True)
+    assert got.equals(expected)
+    assert got["ts"][1].as_py() == dt.datetime(2024, 6, 10, 6, 13, 20, 1000, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("frame", [5, 10])
+def test_framed_values_split_over_threads_keep_their_order(
+        decoder: AvroBatchDecoder, monkeypatch: pytest.MonkeyPatch, frame: int) -> None:
+    monkeypatch.setattr(avro_arrow, "_MIN_PART", 7)  # several files for a small batch
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(40)])
+    framed = [bytes([0xC3, 1]) + bytes(frame - 2) + body for body in bodies]
+    expected = _record_by_record(KITCHEN_SINK, bodies)
+    got = decoder.decode(f"fp:framed{frame}", fastavro.parse_schema(KITCHEN_SINK), framed, frame, expected.schema)
+    assert got.equals(expected)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 30])
+def test_a_truncated_body_refuses_the_batch(decoder: AvroBatchDecoder, cut: int) -> None:
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(4)])
+    target = _record_by_record(KITCHEN_SINK, bodies).schema
+    bodies[1] = bodies[1][:cut]
+    with pytest.raises(BulkDecodeUnavailable):
+        decoder.decode("fp:k", fastavro.parse_schema(KITCHEN_SINK), bodies, 0, target)
+
+
+def test_bytes_after_a_body_do_not_shift_its_neighbours(decoder: AvroBatchDecoder) -> None:
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(4)])
+    expected = _record_by_record(KITCHEN_SINK, bodies)  # fastavro ignores trailing bytes too
+    bodies[1] += b"\x02\x00junk"
+    assert decoder.decode("fp:k", fastavro.parse_schema(KITCHEN_SINK), bodies, 0, expected.schema).equals(expected)
+
+
+@pytest.mark.parametrize("avro_type, value", [
+    ({"type": "fixed", "name": "F4", "size": 4}, b"abcd"),
+    ({"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}, decimal.Decimal("12.34")),
+    ({"type": "string", "logicalType": "uuid"}, str(uuid.UUID(int=7))),
+    ({"type": "int", "logicalType": "time-millis"}, dt.time(1, 2, 3, 4000)),
+])
+def test_types_without_an_exact_bulk_reading_are_refused_or_exact(
+        decoder: AvroBatchDecoder, avro_type: dict[str, Any], value: Any) -> None:
+    schema = {"type": "record", "name": "One", "fields": [{"name": "v", "type": avro_type}]}
+    bodies = _bodies(schema, [{"v": value}, {"v": value}])
+    expected = _record_by_record(schema, bodies)
+    try:
+        got = decoder.decode("fp:one", fastavro.parse_schema(schema), bodies, 0, expected.schema)
+    except BulkDecodeUnavailable:
+        return  # the caller decodes these record by record
+    assert got.equals(expected)
