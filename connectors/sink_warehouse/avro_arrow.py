@@ -66,7 +66,8 @@ def plain_schema(node: Any, seen: set[str] | None = None) -> Any:
         if full in seen:
             return full
         seen.add(full)
-    return {k: plain_schema(v, seen) for k, v in node.items() if not k.startswith("__fastavro") and k != "__named_schemas"}
+    return {k: plain_schema(v, seen) for k, v in node.items()
+            if not k.startswith("__fastavro") and k != "__named_schemas"}
 
 
 def container_header(writer_schema: dict[str, Any], frame: int = 0) -> bytes:

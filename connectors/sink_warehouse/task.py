@@ -151,7 +151,8 @@ class WarehouseSinkTask(SinkTask):
         if self._bulk is not None and len(run) >= _MIN_BULK:
             raw_values = [cast(bytes, r.raw_value) for r in run]
             try:
-                return self._bulk.decode(ref, self.context.writer_schema(ref), raw_values, avro_body_offset(ref), target)
+                return self._bulk.decode(ref, self.context.writer_schema(ref), raw_values, avro_body_offset(ref),
+                                         target)
             except BulkDecodeUnavailable as exc:
                 log.debug("%s", exc)
         # Record by record: finds a corrupt body, and reads the types DuckDB does not read exactly.
@@ -171,8 +172,9 @@ class WarehouseSinkTask(SinkTask):
         column = values[field_name]
         millis: list[Any]
         if column.null_count == 0 and pa.types.is_timestamp(column.type) and column.type.unit in ("ms", "us"):
-            as_ms = column.cast(pa.timestamp("ms", tz=column.type.tz), safe=False) if column.type.unit == "us" else column
-            millis = as_ms.cast(pa.int64()).to_pylist()
+            millis = column.cast(pa.int64()).to_pylist()
+            if column.type.unit == "us":
+                millis = [us // 1000 for us in millis]  # floor, as epoch_ms() does (not Arrow's truncation)
         elif column.null_count == 0 and pa.types.is_int64(column.type):
             millis = column.to_pylist()
         else:  # nulls or another type: per value, so the error names the record
@@ -193,7 +195,6 @@ class WarehouseSinkTask(SinkTask):
 
     def _put_decoded(self, records: Sequence[SinkRecord]) -> None:
         """Buffer records the runtime decoded (Avro and JSON Lines files)."""
-
         time_field = self.settings.warehouse_timestamp_field
         partition_of = self.partitioner.partition
         open_chunks = self._open

@@ -819,8 +819,8 @@ def test_interleaved_partitions_spanning_hours_keep_every_value(
     task = start_task(tmp_path, context)
     task.put(records)
     task.flush({})
-    got = duckdb.sql(f"select _kafka_partition, _kafka_offset, event_id, timestamp, epoch_ms(observed_time), metadata, status "
-                     f"from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning=true) order by 1, 2").fetchall()
+    got = duckdb.sql("select _kafka_partition, _kafka_offset, event_id, timestamp, epoch_ms(observed_time), "
+                     f"metadata, status from read_parquet('{tmp_path}/**/*.parquet') order by 1, 2").fetchall()
     expected = sorted((r.partition, r.offset, r.value["event_id"], r.value["timestamp"],  # type: ignore[index]
                        epoch_ms(r.value["observed_time"]), r.value["metadata"], r.value["status"])  # type: ignore[index]
                       for r in records)
