@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -38,15 +38,19 @@ def offset_key(connector: str, partition: dict[str, Any]) -> bytes:
     return json.dumps([connector, partition], separators=(",", ":"), sort_keys=True).encode()
 
 
-def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
-                        timeout: float = 90.0) -> dict[str, dict[str, Any]]:
+class StopRequested(Exception):
+    """An operator asked the task to end before it started (read_source_offsets was waiting)."""
+
+
+def read_source_offsets(kafka: dict[str, str], topic: str, connector: str, timeout: float = 90.0,
+                        should_stop: Callable[[], bool] = lambda: False) -> dict[str, dict[str, Any]]:
     """Latest committed offset per source partition of ``connector``, keyed by the
     partition's canonical JSON. Reads the offset topic up to the high watermark seen at
     the start. A read_committed consumer stops at the last stable offset, and a
     transaction still open there (a replay run killed mid-batch, say) would hide later
     committed offsets of this connector: so reading waits until that transaction is
     resolved (committed, aborted, or timed out by the broker) instead of returning
-    stale offsets."""
+    stale offsets, unless ``should_stop()`` turns true meanwhile (StopRequested)."""
     consumer = Consumer({**kafka, "group.id": f"offset-reader-{connector}", "enable.auto.commit": False,
                          "isolation.level": "read_committed", "enable.partition.eof": True})
     prefix = json.dumps([connector], separators=(",", ":"))[:-1] + ","
@@ -71,6 +75,8 @@ def read_source_offsets(kafka: dict[str, str], topic: str, connector: str,
         while pending:
             if time.monotonic() > deadline:
                 raise RetriableError(f"reading {topic} timed out (an open transaction not resolved in time?)")
+            if should_stop():
+                raise StopRequested(f"stop requested while reading {topic}")
             messages = consumer.consume(1000, timeout=0.5)
             for message in messages:
                 error = message.error()
@@ -145,7 +151,12 @@ class SourceWorker:
     def run(self) -> None:
         # Fences older instances with the same transactional.id and aborts their open transaction.
         self.producer.init_transactions(60)
-        offsets = read_source_offsets(self.kafka, self.settings.offset_storage_topic, self.name)
+        try:
+            offsets = read_source_offsets(self.kafka, self.settings.offset_storage_topic, self.name,
+                                          should_stop=self.control.task_should_end)
+        except StopRequested:
+            self.status.set(TaskState.STOPPED)  # nothing started, nothing to flush
+            return
         context = SourceContext(self.name, self.settings.task_id, offsets)
         self.task.start(context)
         self.status.set(TaskState.RUNNING)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 
+import pytest
 from confluent_kafka import Producer
 
 from common.serde import SingleObjectSerde
-from common.source_worker import offset_key, read_source_offsets
+from common.source_worker import StopRequested, offset_key, read_source_offsets
 from tests.integration.conftest import RuntimeEnv
 from tests.support.kafka_helpers import consume_all, wait_for
 
@@ -114,3 +116,22 @@ def test_offsets_committed_behind_another_open_transaction_are_read_not_skipped(
     stored = read_source_offsets(kafka, offsets, "live", timeout=60)
 
     assert stored == {json.dumps({"lis": "a"}, separators=(",", ":")): {"n": 2}}
+
+
+def test_a_stop_request_ends_the_wait_for_an_open_transaction(
+        kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    # SIGTERM while a starting task waits for another transaction on the offsets topic:
+    # the task must end now, not after the broker times that transaction out.
+    offsets = make_topic("offsets", partitions=1, config={"cleanup.policy": "compact"})
+    kafka = {"bootstrap.servers": kafka_bootstrap}
+    replay = Producer({**kafka, "transactional.id": f"replay-{offsets}", "transaction.timeout.ms": 60000})
+    replay.init_transactions()
+    replay.begin_transaction()
+    replay.produce(offsets, key=offset_key("replay", {"lis": "a"}), value=b'{"n": 7}')
+    replay.flush()
+    stop_at = time.monotonic() + 1.0
+    started = time.monotonic()
+    with pytest.raises(StopRequested):
+        read_source_offsets(kafka, offsets, "live", timeout=60, should_stop=lambda: time.monotonic() > stop_at)
+    assert time.monotonic() - started < 5
+    replay.abort_transaction()
