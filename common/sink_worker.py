@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -55,6 +55,7 @@ class SinkBatch:
         self.started = 0.0
         self.last_seen: dict[TP, float] = {}
         self.dirty = False  # something (maybe only dead letters) awaits a commit
+        self.reported: set[tuple[str, int, int]] = set()  # records the task dead-lettered itself
 
     def extend(self, records: list[SinkRecord], size: int, now: float) -> None:
         """Add one fetch's records (``size``: their key and value bytes)."""
@@ -77,13 +78,16 @@ class SinkBatch:
         self.bytes = 0
         self.last_seen.clear()
         self.dirty = False
+        self.reported = set()
 
 
 class SinkContext:
-    def __init__(self, connector_name: str, task_id: int, serde: Serde) -> None:
+    def __init__(self, connector_name: str, task_id: int, serde: Serde,
+                 report: Callable[[SinkRecord, BaseException, str], None]) -> None:
         self.connector_name = connector_name
         self.task_id = task_id
         self._serde = serde
+        self.report = report
 
     def writer_schema(self, schema_ref: str) -> dict[str, Any]:
         return self._serde.writer_schema(schema_ref)
@@ -123,6 +127,9 @@ class SinkWorker:
         )
         self.batch = SinkBatch()
         self._reader_by_topic = {topic: spec.reader_schema(topic) for topic in settings.topic_list}
+        if task.raw_values and any(self._reader_by_topic.values()):
+            # Raw values are handed on as written: a reader schema would silently not apply.
+            raise ValueError(f"{spec.name}: a task taking raw values cannot declare reader schemas")
         self._delivering = False
         self._revoked_while_delivering = False
         self._callback_error: BaseException | None = None
@@ -131,7 +138,7 @@ class SinkWorker:
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
-        self.task.start(SinkContext(self.name, self.settings.task_id, self.serde))
+        self.task.start(SinkContext(self.name, self.settings.task_id, self.serde, self._report))
         self.consumer.subscribe(self.settings.topic_list, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.status.set(TaskState.RUNNING)
@@ -382,6 +389,17 @@ class SinkWorker:
         self._count_invalid(message.topic(), message.partition(), message.offset(), stage, error)
         self.batch.dirty = True
         self.batch.last_seen.setdefault((message.topic(), message.partition()), time.monotonic())
+
+    def _report(self, record: SinkRecord, error: BaseException, stage: str = "TASK_PUT") -> None:
+        """A task's own verdict on one record (Kafka Connect's ErrantRecordReporter): dead-letter
+        it and let the rest of the batch go on. Once per batch, however often put is retried."""
+        reported = (record.topic, record.partition, record.offset)
+        if reported in self.batch.reported:
+            return
+        if self.settings.errors_tolerance == "none":
+            raise TaskFailed(f"{stage} failed and errors.tolerance=none: {safe_message(error)}")
+        self.batch.reported.add(reported)
+        self._dead_letter_record(record, error, stage)
 
     def _dead_letter_record(self, record: SinkRecord, error: BaseException, stage: str) -> None:
         self.dlq.send(key=record.raw_key, value=record.raw_value, headers=record.headers,

@@ -74,6 +74,11 @@ class SinkTaskContext(Protocol):
         """Decode one value the way the runtime would (for tasks with ``raw_values``);
         raises SerializationError for a corrupt value."""
 
+    def report(self, record: SinkRecord, error: BaseException, stage: str = "TASK_PUT") -> None:
+        """Send one bad record to the dead-letter queue and go on with the rest of the batch
+        (Kafka Connect's ErrantRecordReporter); its offset is committed with the batch.
+        Raises TaskFailed when errors.tolerance is none."""
+
 
 class SinkTask(ABC):
     #: True: the runtime checks each value's framing and writer schema but does not decode it;

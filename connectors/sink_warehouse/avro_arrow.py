@@ -21,21 +21,24 @@ caller decodes record by record instead (which is also how a corrupt record is f
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _SYNC_SIZE = 16
 _FRAME_FIELD = "__labconnect_frame"
 _MIN_PART = 4096  # values per file below which another thread is not worth starting
+_DIR_PREFIX = "labconnect-avro-"
 
 
 class BulkDecodeUnavailable(Exception):
@@ -109,13 +112,24 @@ class AvroBatchDecoder:
         import duckdb
 
         self._workers = max(1, min(4, workers or os.cpu_count() or 1))
-        self._dir = Path(tempfile.mkdtemp(prefix="labconnect-avro-"))
-        self._con = duckdb.connect(config={"threads": 1})  # parallel by files, one per worker thread
-        self._con.execute(f"LOAD '{_extension_path(duckdb.__version__)}'")
-        self._cursors = [self._con.cursor() for _ in range(self._workers)]
+        _remove_orphans()
+        # The files hold patients' values: a private directory, each file deleted once read,
+        # and the directory named after this process so a later start removes it after a kill.
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
+        try:
+            self._con = duckdb.connect(config={"threads": 1})  # parallel by files, one per worker thread
+            # DuckDB caches file contents by path, size and a whole-second mtime: a file rewritten
+            # within the same second would be read as its previous contents.
+            self._con.execute("SET GLOBAL enable_external_file_cache = false")
+            self._con.execute(f"LOAD '{_extension_path(duckdb.__version__)}'")
+            self._cursors = [self._con.cursor() for _ in range(self._workers)]
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="avro-decode") if self._workers > 1 else None
         self._headers: dict[tuple[str, int], bytes] = {}
         self._unfit: set[str] = set()  # schema refs whose DuckDB types do not cast exactly
+        self._calls = itertools.count()
 
     def decode(self, schema_ref: str, writer_schema: dict[str, Any], values: Sequence[bytes], frame: int,
                target: pa.Schema) -> pa.Table:
@@ -125,35 +139,57 @@ class AvroBatchDecoder:
             raise BulkDecodeUnavailable(f"schema {schema_ref} has types decoded record by record")
         header = self._headers.get((schema_ref, frame))
         if header is None:
+            if not _bulk_safe(writer_schema):
+                self._unfit.add(schema_ref)
+                raise BulkDecodeUnavailable(f"schema {schema_ref} has types decoded record by record")
             try:
                 header = self._headers[(schema_ref, frame)] = container_header(writer_schema, frame)
             except Exception as exc:  # a schema fastavro cannot write a file header for
                 self._unfit.add(schema_ref)
                 raise BulkDecodeUnavailable(f"schema {schema_ref}: {type(exc).__name__}") from None
-        parts = _split(values, self._workers)
-        try:
-            if self._pool is None or len(parts) == 1:
-                tables = [self._read(0, header, parts[0], frame)]
-            else:
-                tables = list(self._pool.map(self._read, range(len(parts)), [header] * len(parts), parts,
-                                             [frame] * len(parts)))
-        except Exception as exc:  # duckdb.Error: a corrupt body somewhere in the batch
-            raise BulkDecodeUnavailable(f"bulk decode failed: {type(exc).__name__}") from None
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        if table.num_rows != len(values) or not _fits(table.schema, target):
+        table = self._read_all(header, _split(values, self._workers), frame)
+        # A corrupt value makes DuckDB stop early (fewer rows) or raise: that batch is decoded
+        # one by one, but the schema stays eligible for the next batch.
+        if table.num_rows != len(values):
+            raise BulkDecodeUnavailable("bulk decode stopped early: a corrupt value")
+        if not _fits(table.schema, target):
             self._unfit.add(schema_ref)
             raise BulkDecodeUnavailable(f"schema {schema_ref} has types decoded record by record")
         try:
-            return table.cast(target)
+            decoded = table.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             self._unfit.add(schema_ref)
             raise BulkDecodeUnavailable(f"schema {schema_ref} has types decoded record by record") from None
+        if not _in_fastavro_range(decoded):
+            raise BulkDecodeUnavailable("a date or time outside what one-by-one decoding accepts")
+        return decoded
 
-    def _read(self, worker: int, header: bytes, values: Sequence[bytes], frame: int) -> pa.Table:
-        path = self._dir / f"part{worker}.avro"
-        path.write_bytes(container_file(header, values))
-        columns = f"* EXCLUDE ({_FRAME_FIELD})" if frame else "*"
-        return self._cursors[worker].execute(f"SELECT {columns} FROM read_avro(?)", [str(path)]).to_arrow_table()
+    def _read_all(self, header: bytes, parts: list[Sequence[bytes]], frame: int) -> pa.Table:
+        call = next(self._calls)
+        if self._pool is None or len(parts) == 1:
+            futures = []
+            try:
+                tables = [self._read(f"{call}-0", 0, header, parts[0], frame)]
+            except Exception as exc:  # duckdb.Error: a corrupt value somewhere in the batch
+                raise BulkDecodeUnavailable(f"bulk decode failed: {type(exc).__name__}") from None
+        else:
+            futures = [self._pool.submit(self._read, f"{call}-{i}", i, header, part, frame)
+                       for i, part in enumerate(parts)]
+            wait(futures)  # every part finished (and its file deleted) before anything is raised
+            try:
+                tables = [f.result() for f in futures]
+            except Exception as exc:
+                raise BulkDecodeUnavailable(f"bulk decode failed: {type(exc).__name__}") from None
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def _read(self, name: str, worker: int, header: bytes, values: Sequence[bytes], frame: int) -> pa.Table:
+        path = self._dir / f"{name}.avro"
+        try:
+            path.write_bytes(container_file(header, values))
+            columns = f"* EXCLUDE ({_FRAME_FIELD})" if frame else "*"
+            return self._cursors[worker].execute(f"SELECT {columns} FROM read_avro(?)", [str(path)]).to_arrow_table()
+        finally:
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -162,6 +198,95 @@ class AvroBatchDecoder:
             cursor.close()
         self._con.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _remove_orphans() -> None:
+    """Remove the directories of decoders whose process is gone (killed before close())."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*-*"):
+        pid = directory.name[len(_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+# fastavro rejects what datetime cannot hold (years 1..9999) and times of day outside 0..24 h,
+# where DuckDB accepts or wraps them: such a batch is decoded one by one, so that every
+# value is kept or dead-lettered the same way whichever path decodes it.
+_EPOCH_DAYS = (-719_162, 2_932_896)
+_EPOCH_MS = (-62_135_596_800_000, 253_402_300_799_999)
+_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("date", "day"): _EPOCH_DAYS,
+    ("timestamp", "ms"): _EPOCH_MS,
+    ("timestamp", "us"): (_EPOCH_MS[0] * 1000, _EPOCH_MS[1] * 1000 + 999),
+    ("time", "ms"): (0, 86_400_000 - 1),
+    ("time", "us"): (0, 86_400_000_000 - 1),
+}
+
+
+def _in_fastavro_range(table: pa.Table) -> bool:
+    for column, field in zip(table.columns, table.schema):
+        kind = _temporal_kind(field.type)
+        if kind is None or column.null_count == len(column):
+            continue
+        low, high = _RANGES[kind]
+        bounds = pc.min_max(column.cast(pa.int32() if kind[0] == "date" or field.type == pa.time32("ms")
+                                        else pa.int64()))
+        if bounds["min"].as_py() < low or bounds["max"].as_py() > high:
+            return False
+    return True
+
+
+def _temporal_kind(arrow_type: pa.DataType) -> tuple[str, str] | None:
+    if pa.types.is_date32(arrow_type):
+        return ("date", "day")
+    if pa.types.is_timestamp(arrow_type) and arrow_type.unit in ("ms", "us"):
+        return ("timestamp", arrow_type.unit)
+    if pa.types.is_time(arrow_type) and arrow_type.unit in ("ms", "us"):
+        return ("time", arrow_type.unit)
+    return None
+
+
+def _bulk_safe(writer_schema: Any) -> bool:
+    """Whether the schema decodes identically in bulk: no ``uuid`` (fastavro normalises and
+    validates it, DuckDB keeps the text) and dates and times only in top-level fields, where
+    their range is checked (:func:`_in_fastavro_range`)."""
+    fields = writer_schema.get("fields", []) if isinstance(writer_schema, dict) else []
+    return all(_node_safe(f.get("type"), top_level=True) for f in fields)
+
+
+def _node_safe(node: Any, top_level: bool) -> bool:
+    if isinstance(node, list):
+        return all(_node_safe(branch, top_level) for branch in node)
+    if not isinstance(node, dict):
+        return True
+    logical = node.get("logicalType")
+    if logical == "uuid":
+        return False
+    if logical in _TEMPORAL_LOGICAL_TYPES and not top_level:
+        return False
+    kind = node.get("type")
+    if kind in ("record", "error"):
+        return all(_node_safe(f.get("type"), top_level=False) for f in node.get("fields", []))
+    if kind == "array":
+        return _node_safe(node.get("items"), top_level=False)
+    if kind == "map":
+        return _node_safe(node.get("values"), top_level=False)
+    if isinstance(kind, (dict, list)):
+        return _node_safe(kind, top_level)
+    return True
+
+
+_TEMPORAL_LOGICAL_TYPES = frozenset({"date", "time-millis", "time-micros", "timestamp-millis", "timestamp-micros",
+                                     "local-timestamp-millis", "local-timestamp-micros"})
 
 
 def _split(values: Sequence[bytes], workers: int) -> list[Sequence[bytes]]:

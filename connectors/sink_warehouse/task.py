@@ -81,7 +81,10 @@ class WarehouseSinkTask(SinkTask):
         self.raw_values = isinstance(self.format, ParquetFormat)
         self._bulk: AvroBatchDecoder | None = None
         self._prepared: dict[str, Any] = {}  # schema ref -> the format's per-schema state
-        self._accepted: set[tuple[str, str]] = set()  # (topic, schema ref) checked for evolution
+        # (topic, schema ref) with files written (their types are in _columns), or needing no check
+        self._accepted: set[tuple[str, str]] = set()
+        # (topic, schema ref) -> row schema accepted in this round, not written yet (maybe never)
+        self._round_schemas: dict[tuple[str, str], pa.Schema] = {}
         # (topic, schema ref) -> why it conflicts with the topic's files (known types only ever grow)
         self._conflicts: dict[tuple[str, str], str] = {}
         self._columns: dict[str, ColumnTypes] = {}  # topic -> every type each column of its files has
@@ -129,7 +132,9 @@ class WarehouseSinkTask(SinkTask):
         first = run[0]
         ref = first.schema or ""
         self._accept(first, ref)
-        values = self._decode_run(run, ref)
+        run, values = self._decode_run(run, ref)
+        if not run:
+            return
         topic, partition = first.topic, first.partition
         for time_partition, rows in self._rows_by_time_partition(run, values).items():
             writer = (topic, partition, time_partition)
@@ -145,23 +150,29 @@ class WarehouseSinkTask(SinkTask):
                 chunk.records.extend(run[i] for i in rows)
                 chunk.pieces.append(values.take(pa.array(rows, pa.int64())))
 
-    def _decode_run(self, run: Sequence[SinkRecord], ref: str) -> pa.Table:
+    def _decode_run(self, run: Sequence[SinkRecord], ref: str) -> tuple[Sequence[SinkRecord], pa.Table]:
+        """The run's records that decode, and their value columns."""
         layout = cast(RowLayout, self._prepared[ref])
         target = pa.schema(layout.value_fields)
         if self._bulk is not None and len(run) >= _MIN_BULK:
             raw_values = [cast(bytes, r.raw_value) for r in run]
             try:
-                return self._bulk.decode(ref, self.context.writer_schema(ref), raw_values, avro_body_offset(ref),
-                                         target)
+                return run, self._bulk.decode(ref, self.context.writer_schema(ref), raw_values,
+                                              avro_body_offset(ref), target)
             except BulkDecodeUnavailable as exc:
                 log.debug("%s", exc)
-        # Record by record: finds a corrupt body, and reads the types DuckDB does not read exactly.
+        # Record by record: finds a corrupt value, and reads the types DuckDB does not read exactly.
+        # A corrupt value goes to the dead-letter queue and the others are written: whether a
+        # record is kept depends only on its bytes, so a replay cuts the same objects.
+        kept = []
         for record in run:
             try:
                 record.value = self.context.decode(cast(bytes, record.raw_value))
             except SerializationError as exc:
-                raise SerializationError(f"{_where(record)}: {exc}") from None
-        return pa.Table.from_arrays(layout.value_arrays(run), schema=target)
+                self.context.report(record, SerializationError(f"{_where(record)}: {exc}"), "VALUE_CONVERTER")
+                continue
+            kept.append(record)
+        return kept, pa.Table.from_arrays(layout.value_arrays(kept), schema=target)
 
     def _rows_by_time_partition(self, run: Sequence[SinkRecord], values: pa.Table) -> dict[str, list[int] | None]:
         """Row numbers per time partition, from the (bulk-decoded) time column; ``None``
@@ -250,9 +261,16 @@ class WarehouseSinkTask(SinkTask):
         self.uploads.forget()  # the round is done: the runtime commits it now
         self.abort()
 
+    def open(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int] | None:
+        # While this task did not own them, another may have rewritten keys it uploaded before
+        # (a revoke or loss mid-retry calls abort(), not close()): skip nothing from memory.
+        self.uploads.forget()
+        return None
+
     def abort(self) -> None:
         self._open.clear()
         self._chunks.clear()
+        self._round_schemas.clear()
         self._round_started = None
 
     def close(self, partitions: Sequence[TopicPartition]) -> None:
@@ -270,7 +288,8 @@ class WarehouseSinkTask(SinkTask):
     def _accept(self, record: SinkRecord, ref: str) -> None:
         """Map the record's writer schema (cached per ref) and check it against the
         columns earlier files of the topic have, before the record is buffered."""
-        if (record.topic, ref) in self._accepted:
+        key = (record.topic, ref)
+        if key in self._accepted or key in self._round_schemas:
             return
         try:
             if (record.topic, ref) in self._conflicts:  # no storage request per rejected record
@@ -285,7 +304,10 @@ class WarehouseSinkTask(SinkTask):
                 self._check_evolution(record.topic, ref, schema)
         except PermanentError as exc:
             raise PermanentError(f"{_where(record)}: {exc}") from None
-        self._accepted.add((record.topic, ref))
+        if schema is None:
+            self._accepted.add(key)
+        else:
+            self._round_schemas[key] = schema
 
     def _check_evolution(self, topic: str, ref: str, schema: pa.Schema) -> None:
         """Check ``schema`` against every type each column of the topic's files has. Other
@@ -295,21 +317,36 @@ class WarehouseSinkTask(SinkTask):
         known = self._columns.setdefault(topic, {})
         for stored in self.manifest.new_schemas(topic, before_each=self._check_deadline).values():
             add_column_types(known, stored)
-        manifest_key = self.manifest.prepare(topic, schema)
+        manifest_key = self._manifest_keys[(topic, ref)] = self.manifest.prepare(topic, schema)
         # A schema already in the manifest has files: rejecting it would protect no reader.
-        if not self.manifest.contains(topic, manifest_key):
-            conflicts = evolution_conflicts(known, schema)
-            if conflicts:
-                reason = self._conflicts[(topic, ref)] = (
-                    f"incompatible type change of columns {conflicts} (schema {ref})")
-                raise SchemaMappingError(reason)
-        add_column_types(known, schema)
-        self._manifest_keys[(topic, ref)] = manifest_key
+        if self.manifest.contains(topic, manifest_key):
+            return
+        conflicts = evolution_conflicts(known, schema)
+        if conflicts:  # against files that exist: for good
+            reason = self._conflicts[(topic, ref)] = (
+                f"incompatible type change of columns {conflicts} (schema {ref})")
+            raise SchemaMappingError(reason)
+        # Against this round's other schemas too (their files would sit side by side), but not
+        # remembered: a round that fails writes none of them.
+        with_round: ColumnTypes = {name: list(types) for name, types in known.items()}
+        for (other_topic, _), other in self._round_schemas.items():
+            if other_topic == topic:
+                add_column_types(with_round, other)
+        conflicts = evolution_conflicts(with_round, schema)
+        if conflicts:
+            raise SchemaMappingError(f"incompatible type change of columns {conflicts} (schema {ref}) "
+                                     "against another schema of this round")
 
     def _store_schema(self, chunk: _Chunk) -> None:
-        manifest_key = self._manifest_keys.get((chunk.writer[0], chunk.schema_ref))
+        """The chunk's data is encoded and about to be published: its schema now has a file."""
+        key = (chunk.writer[0], chunk.schema_ref)
+        manifest_key = self._manifest_keys.get(key)
         if manifest_key is not None:  # None: a format without a manifest
             self.manifest.store(manifest_key, before_each=self._check_deadline)
+        schema = self._round_schemas.get(key)
+        if schema is not None:
+            add_column_types(self._columns.setdefault(key[0], {}), schema)
+            self._accepted.add(key)
 
     def _check_deadline(self, next_step: str) -> None:
         """Before each storage request: past WAREHOUSE_FLUSH_TIMEOUT_MS, give the round back to

@@ -18,7 +18,7 @@ from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue
 from common.errors import PermanentError, RetriableError, TaskFailed, is_retriable
 from common.records import SinkRecord
-from common.sink_worker import SinkWorker, _Abandoned
+from common.sink_worker import SinkContext, SinkWorker, _Abandoned
 from common.status import Control, StatusReporter
 from common.task import SinkTask
 
@@ -239,3 +239,51 @@ def test_retries_exhausted_fail_the_task_instead_of_splitting_the_batch() -> Non
     with pytest.raises(TaskFailed):
         worker._deliver(_records([{}, {}, {}, {}]), [TopicPartition("t", 0, 104)])
     assert Down.puts == 1 and producer.produced == [] and consumer.commits == []
+
+
+class ReportingSink(PoisonAwareSink):
+    """Dead-letters a poison record itself (ErrantRecordReporter) and keeps the rest."""
+
+    def put(self, records: Sequence[SinkRecord]) -> None:
+        for record in records:
+            if record.value and record.value.get("poison"):
+                self.context.report(record, PermanentError("bad record"), "VALUE_CONVERTER")
+            else:
+                self.buffer.append(record)
+
+
+def test_a_reported_record_is_dead_lettered_once_and_the_batch_commits_whole() -> None:
+    task = ReportingSink()
+    worker, consumer, producer = _worker(task)
+    task.start(worker_context(worker))
+    records = _records([{}, {"poison": True}, {}])
+    worker.batch.records = records
+    worker._put_and_flush(records, {("t", 0): 103})
+    worker._put_and_flush(records, {("t", 0): 103})  # a retried put reports it again
+    worker.dlq.flush()
+    assert task.durable == [100, 102, 100, 102]
+    assert [m["value"] for m in producer.produced] == [b"v1"]
+    assert dict(producer.produced[0]["headers"])["__connect.errors.stage"] == b"VALUE_CONVERTER"
+
+
+def test_a_reported_record_fails_the_task_when_errors_are_not_tolerated() -> None:
+    task = ReportingSink()
+    worker, _, producer = _worker(task, errors_tolerance="none")
+    task.start(worker_context(worker))
+    with pytest.raises(TaskFailed):
+        task.put(_records([{"poison": True}]))
+    assert producer.produced == []
+
+
+def test_a_task_taking_raw_values_cannot_declare_reader_schemas() -> None:
+    task = PoisonAwareSink()
+    task.raw_values = True
+    spec = ConnectorSpec("unit-sink", "sink", SinkSettings, lambda s: task,  # type: ignore[arg-type,return-value]
+                         default_reader_schema="com.drdangslab.events.LabResult")
+    config = SinkSettings(kafka_bootstrap_servers="127.0.0.1:1", topics="t", connector_name="unit-sink")
+    with pytest.raises(ValueError, match="reader schemas"):
+        SinkWorker(spec, config, task, StatusReporter("unit-sink", 0, "sink"), Control())
+
+
+def worker_context(worker: SinkWorker) -> SinkContext:
+    return SinkContext(worker.name, 0, worker.serde, worker._report)

@@ -122,10 +122,65 @@ def test_bytes_after_a_body_do_not_shift_its_neighbours(decoder: AvroBatchDecode
     assert decoder.decode("fp:k", fastavro.parse_schema(KITCHEN_SINK), bodies, 0, expected.schema).equals(expected)
 
 
+def test_batches_of_equal_size_written_in_the_same_second_are_each_read(decoder: AvroBatchDecoder) -> None:
+    # DuckDB's file cache keys on path, size and a whole-second mtime.
+    schema = fastavro.parse_schema(KITCHEN_SINK)
+    first = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(12, 24)])
+    second = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(24, 36)])
+    assert [len(b) for b in first] == [len(b) for b in second]
+    target = _record_by_record(KITCHEN_SINK, first).schema
+    assert decoder.decode("fp:k", schema, first, 0, target)["i"].to_pylist() == list(range(-12, -24, -1))
+    assert decoder.decode("fp:k", schema, second, 0, target)["i"].to_pylist() == list(range(-24, -36, -1))
+
+
+def test_no_value_stays_on_disk_after_a_decode(decoder: AvroBatchDecoder) -> None:
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(5)])
+    target = _record_by_record(KITCHEN_SINK, bodies).schema
+    decoder.decode("fp:k", fastavro.parse_schema(KITCHEN_SINK), bodies, 0, target)
+    assert list(decoder._dir.iterdir()) == []
+
+
+def test_a_corrupt_batch_leaves_the_schema_eligible_for_bulk(decoder: AvroBatchDecoder) -> None:
+    schema = fastavro.parse_schema(KITCHEN_SINK)
+    bodies = _bodies(KITCHEN_SINK, [kitchen_value(i) for i in range(4)])
+    target = _record_by_record(KITCHEN_SINK, bodies).schema
+    with pytest.raises(BulkDecodeUnavailable):
+        decoder.decode("fp:k", schema, [bodies[0], bodies[1][:3], *bodies[2:]], 0, target)
+    assert decoder.decode("fp:k", schema, bodies, 0, target).num_rows == 4
+
+
+@pytest.mark.parametrize("avro_type, value", [
+    ({"type": "int", "logicalType": "time-millis"}, 25 * 3_600_000),
+    ({"type": "int", "logicalType": "time-millis"}, -5),
+    ({"type": "long", "logicalType": "time-micros"}, 86_400_000_000),
+    ({"type": "long", "logicalType": "timestamp-millis"}, 253_402_300_800_000),  # year 10000
+    ({"type": "int", "logicalType": "date"}, 2_932_897),
+])
+def test_dates_and_times_one_by_one_decoding_rejects_are_not_decoded_in_bulk(
+        decoder: AvroBatchDecoder, avro_type: dict[str, Any], value: int) -> None:
+    schema = {"type": "record", "name": "One", "fields": [{"name": "v", "type": avro_type}]}
+    plain = {"type": "record", "name": "One", "fields": [{"name": "v", "type": avro_type["type"]}]}
+    bodies = _bodies(plain, [{"v": value}])  # the same bytes, written without the logical type
+    target = pa.schema([pa.field("v", avro_to_arrow(fastavro.parse_schema(schema)).field("v").type)])
+    with pytest.raises(BulkDecodeUnavailable):
+        decoder.decode("fp:one", fastavro.parse_schema(schema), bodies, 0, target)
+
+
+@pytest.mark.parametrize("avro_type", [
+    {"type": "string", "logicalType": "uuid"},
+    {"type": "array", "items": {"type": "long", "logicalType": "timestamp-millis"}},
+])
+def test_uuids_and_nested_times_are_decoded_one_by_one(decoder: AvroBatchDecoder, avro_type: dict[str, Any]) -> None:
+    schema = {"type": "record", "name": "One", "fields": [{"name": "v", "type": avro_type}]}
+    value = str(uuid.UUID(int=7)).upper() if avro_type["type"] == "string" else [1]
+    bodies = _bodies(schema, [{"v": value}])
+    with pytest.raises(BulkDecodeUnavailable):
+        decoder.decode("fp:one", fastavro.parse_schema(schema), bodies, 0, _record_by_record(schema, bodies).schema)
+
+
 @pytest.mark.parametrize("avro_type, value", [
     ({"type": "fixed", "name": "F4", "size": 4}, b"abcd"),
     ({"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}, decimal.Decimal("12.34")),
-    ({"type": "string", "logicalType": "uuid"}, str(uuid.UUID(int=7))),
     ({"type": "int", "logicalType": "time-millis"}, dt.time(1, 2, 3, 4000)),
 ])
 def test_types_without_an_exact_bulk_reading_are_refused_or_exact(

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 from common.errors import ConfigError, PermanentError, RetriableError
-from common.serde import SerializationError
 from warehouse_records import HOUR_MS, T0, FakeContext, RecordFactory, lab_result_schema, with_extra_field
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.storage import LocalStorage
@@ -509,18 +508,22 @@ def test_a_flush_deadline_that_could_outlast_max_poll_interval_fails_at_start(
     start_task(tmp_path, context, warehouse_flush_timeout_ms=50_000)
 
 
-def test_a_corrupt_value_is_a_converter_error_naming_only_the_record(
-        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
-    records = make_records(range(4))
-    records[2].raw_value = (records[2].raw_value or b"")[:14]  # framing intact, body truncated
+@pytest.mark.parametrize("bad", [0, 2, 99])
+def test_a_corrupt_value_is_dead_lettered_and_its_neighbours_written_in_the_same_objects(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory, bad: int) -> None:
+    records = make_records(range(100))
+    records[bad].raw_value = (records[bad].raw_value or b"")[:14]  # framing intact, body truncated
     task = start_task(tmp_path, context)
-    with pytest.raises(SerializationError) as caught:
-        task.put(records)
-    assert str(caught.value).startswith("lab-results/0@2:")
+    task.put(records)
+    task.put(records)  # a retried put reports it again: the runtime sends it once
     task.abort()
-    task.put(records[:2] + records[3:])  # what the runtime retries once the record is dead-lettered
+    task.put(records)
     task.flush({})
-    assert [offset for _, offset in rows(tmp_path)] == [0, 1, 3]
+    assert {(offset, stage) for offset, stage, _ in context.reported} == {(bad, "VALUE_CONVERTER")}
+    assert all(message.startswith(f"lab-results/0@{bad}:") for _, _, message in context.reported)
+    assert [offset for _, offset in rows(tmp_path)] == [n for n in range(100) if n != bad]
+    first = 1 if bad == 0 else 0  # the object is named after the first record it holds
+    assert files(tmp_path) == [f"topic=lab-results/dt=2024-06-10/hour=06/lab-results+0+{first:010d}.parquet"]
 
 
 # --- the schema manifest: all-or-nothing loads, order-free verdicts, nested records, no phantoms ---
@@ -790,8 +793,11 @@ def test_a_retry_uploads_a_key_again_when_its_content_changed(
     assert rows(tmp_path) == [(0, 0), (0, 1), (0, 2)]
 
 
-def test_a_retry_uploads_a_key_again_after_its_partition_was_revoked(
-        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+@pytest.mark.parametrize("handover", ["revoked", "lost"])
+def test_a_retry_uploads_a_key_again_after_its_partition_was_owned_by_another_task(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory, handover: str) -> None:
+    # A revoke reaches the task as close(); a loss or a revoke during a retry as abort() only,
+    # so the assignment that gives the partition back (open) must forget what was uploaded.
     hours = {"ts": lambda i: T0 + (HOUR_MS if i == 1 else 0)}
     batch = make_records([0, 1, 2], **hours)
     task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{tmp_path}"),
@@ -801,13 +807,33 @@ def test_a_retry_uploads_a_key_again_after_its_partition_was_revoked(
     with pytest.raises(RetriableError):
         task.flush({})  # hour 06 (offsets 0 and 2) uploaded, hour 07 not
     task.abort()
-    task.close([("lab-results", 0)])
+    if handover == "revoked":
+        task.close([("lab-results", 0)])
     other_owner = start_task(tmp_path, context)  # its round ends at offset 1, then it dies uncommitted
     other_owner.put(batch[:1])
     other_owner.flush({})
-    task.put(batch)  # the partition is back, from the same committed offset
+    task.open([("lab-results", 0)])  # the partition is back, from the same committed offset
+    task.put(batch)
     task.flush({})
     assert rows(tmp_path) == [(0, 0), (0, 1), (0, 2)]  # hour 06 rewritten: offset 2 is not lost
+
+
+def test_a_schema_of_a_failed_round_does_not_block_a_later_one(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    # Its records never reached a file (the round failed, or they went to the DLQ): the same
+    # verdict a restarted process would give, which knows only the schemas with files.
+    changed = lab_result_schema()
+    for field in changed["fields"]:
+        if field["name"] == "version":
+            field["type"], field["default"] = "string", "1"
+    task = start_task(tmp_path, context)
+    task.put(make_records([0], extra={"version": "2"}, schema=changed))
+    task.abort()
+    task.put(make_records([0, 1]))  # version int again: no file has it as a string
+    task.flush({})
+    assert rows(tmp_path) == [(0, 0), (0, 1)]
+    with pytest.raises(PermanentError, match="version"):  # now there is a file with the int column
+        task.put(make_records([2], extra={"version": "2"}, schema=changed))
 
 
 def test_interleaved_partitions_spanning_hours_keep_every_value(

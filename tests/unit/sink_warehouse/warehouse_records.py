@@ -40,6 +40,10 @@ class FakeContext:
 
     def __init__(self) -> None:
         self.schemas: dict[str, dict[str, Any]] = {}
+        self.reported: list[tuple[int, str, str]] = []  # (offset, stage, message) the task dead-lettered
+
+    def report(self, record: SinkRecord, error: BaseException, stage: str = "TASK_PUT") -> None:
+        self.reported.append((record.offset, stage, str(error)))
 
     def register(self, schema: dict[str, Any]) -> str:
         ref = "fp:" + avro_fingerprint(schema).hex()
