@@ -62,7 +62,11 @@ class BillingSinkTask(SinkTask):
     def put(self, records: Sequence[SinkRecord]) -> None:
         parsed = []
         for record in records:
-            event = billing_event(record)  # PermanentError: the runtime isolates and DLQs it
+            try:
+                event = billing_event(record)
+            except PermanentError as exc:  # not a usable LabReport: to the DLQ, the batch goes on
+                self.context.report(record, exc)
+                continue
             if event.is_billing_relevant:
                 parsed.append(event)
         self._buffer.extend(parsed)  # all or nothing per put: a failed put buffers none of its records

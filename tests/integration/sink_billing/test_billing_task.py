@@ -193,3 +193,17 @@ def test_a_test_released_again_after_its_reversal_is_rebilled_once(billing_db: B
         rebill = conn.execute(select(tables.ledger).where(tables.ledger.c.entry_type == "rebill")).one()
     assert (charge.status, charge.latest_version, charge.charge_event_id) == ("charged", 5, rebill.event_id)
     assert (rebill.kafka_offset, rebill.charge_event_id, rebill.amount) == (2, rebill.event_id, Decimal("9.00"))
+
+
+def test_an_unusable_report_is_dead_lettered_by_the_task_and_its_batch_commits(billing_db: BillingDatabase) -> None:
+    # A record that is not a usable LabReport needs no database to tell: the task reports it
+    # (one dead letter) and the batch commits whole, without the runtime splitting it.
+    task, stream = billing_db.task(), ReportStream()
+    stream.report("final", accession="ACC-GOOD-1")
+    stream.report("bogus-status", accession="ACC-SECRET-9")
+    stream.report("final", accession="ACC-GOOD-2")
+    deliver(task, stream.records, stream.positions())
+    assert [offset for offset, _ in task.context.reported] == [1]  # type: ignore[attr-defined]
+    assert "ACC-SECRET" not in task.context.reported[0][1]  # type: ignore[attr-defined]
+    assert {k.accession for k in charge_counts(billing_db.engine())} == {"ACC-GOOD-1", "ACC-GOOD-2"}
+    assert task.open([(TOPIC, 0)]) == {(TOPIC, 0): 3}

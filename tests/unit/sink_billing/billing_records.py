@@ -31,8 +31,13 @@ class FakeContext:
     connector_name: str = "sink-billing"
     task_id: int = 0
 
+    reported: list[tuple[int, str]] = field(default_factory=list)  # (offset, message) dead-lettered by the task
+
     def writer_schema(self, schema_ref: str) -> dict[str, Any]:
         raise AssertionError("the billing sink does not resolve writer schemas")
+
+    def report(self, record: SinkRecord, error: BaseException, stage: str = "TASK_PUT") -> None:
+        self.reported.append((record.offset, str(error)))
 
 
 @dataclass

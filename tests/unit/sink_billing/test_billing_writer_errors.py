@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from common.errors import PermanentError, RetriableError
+from common.errors import PermanentError, RetriableError, TaskFailed
 from tests.unit.sink_billing.billing_records import TOPIC, ReportStream, deliver, start_task
 
 
@@ -30,12 +30,18 @@ def test_a_check_violation_names_the_constraint_and_positions_only(tmp_path: Pat
     assert task.open([(TOPIC, 0)]) is None
 
 
-def test_put_of_a_bad_record_buffers_nothing_from_that_batch(tmp_path: Path) -> None:
+def test_a_put_that_fails_buffers_nothing_from_that_batch(tmp_path: Path) -> None:
+    # errors.tolerance=none: the runtime's report() raises, and the batch is not half-buffered.
     task, stream = start_task(f"sqlite:///{tmp_path / 'billing.db'}"), ReportStream()
+    task.context.report = _fail_task  # type: ignore[method-assign]
     good, bad = stream.report("final"), stream.report("archived")
-    with pytest.raises(PermanentError):
+    with pytest.raises(TaskFailed):
         deliver(task, [good, bad], stream.positions())
     deliver(task, [], {(TOPIC, 0): 2})
     assert task.open([(TOPIC, 0)]) == {(TOPIC, 0): 2}
     with task.writer.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM billing_ledger")).scalar() == 0
+
+
+def _fail_task(record: object, error: BaseException, stage: str = "TASK_PUT") -> None:
+    raise TaskFailed("errors.tolerance=none")
