@@ -278,7 +278,7 @@ class SinkWorker:
         final = {(tp.topic, tp.partition): tp.offset for tp in positions}
         try:
             self._put_and_flush(records, final)
-            self.budget.record_valid(len(records))
+            self.budget.record_valid(self._valid_count(records))
         except (TaskFailed, _Abandoned, MemoryError):
             raise
         except Exception as exc:
@@ -288,11 +288,21 @@ class SinkWorker:
                         extra={"count": len(records)})
             self._split(records, final)
 
+    def _valid_count(self, records: Sequence[SinkRecord]) -> int:
+        """Delivered records the task did not report as bad (those count as invalid)."""
+        reported = self.batch.reported
+        if not reported:
+            return len(records)
+        return sum(1 for r in records if (r.topic, r.partition, r.offset) not in reported)
+
     def _put_and_flush(self, records: Sequence[SinkRecord], offsets: dict[TP, int]) -> None:
         """put + flush, retrying retriable failures; raises on a permanent one."""
         def attempt() -> None:
             try:
                 self.task.put(records)
+                # Dead letters (the task's own reports, a split's poison record) are stored before
+                # flush: a sink that keeps its offsets moves them past those records in flush.
+                self.dlq.flush()
                 self.task.flush(offsets)
             except BaseException:
                 self.task.abort()
@@ -311,7 +321,7 @@ class SinkWorker:
             offsets = _offsets_through(records, final, last=last)
             try:
                 self._put_and_flush(records, offsets)
-                self.budget.record_valid()
+                self.budget.record_valid(self._valid_count(records))
             except (TaskFailed, _Abandoned, MemoryError):
                 raise
             except Exception as exc:
@@ -329,7 +339,7 @@ class SinkWorker:
             offsets = _offsets_through(part, final, last=part_is_last)
             try:
                 self._put_and_flush(part, offsets)
-                self.budget.record_valid(len(part))
+                self.budget.record_valid(self._valid_count(part))
             except (TaskFailed, _Abandoned, MemoryError):
                 raise
             except Exception:

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -201,11 +202,23 @@ class AvroBatchDecoder:
 
 
 def _remove_orphans() -> None:
-    """Remove the directories of decoders whose process is gone (killed before close())."""
-    for directory in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*-*"):
-        pid = directory.name[len(_DIR_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    """Remove the directories of decoders whose process is gone (killed before close()),
+    and unnamed ones (no process id: an older version's) after an hour."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*"):
+        pid, _, rest = directory.name[len(_DIR_PREFIX):].partition("-")
+        if rest and pid.isdigit():
+            orphaned = int(pid) != os.getpid() and not _alive(int(pid))
+        else:
+            orphaned = _age_seconds(directory) > 3600
+        if orphaned:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _age_seconds(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _alive(pid: int) -> bool:

@@ -131,9 +131,12 @@ class WarehouseSinkTask(SinkTask):
         """Buffer a run of raw records of one topic-partition and one writer schema."""
         first = run[0]
         ref = first.schema or ""
+        newly_accepted = (first.topic, ref) not in self._round_schemas
         self._accept(first, ref)
         run, values = self._decode_run(run, ref)
-        if not run:
+        if not run:  # every record was dead-lettered: the schema has no data in this round
+            if newly_accepted:
+                self._round_schemas.pop((first.topic, ref), None)
             return
         topic, partition = first.topic, first.partition
         for time_partition, rows in self._rows_by_time_partition(run, values).items():
@@ -230,7 +233,7 @@ class WarehouseSinkTask(SinkTask):
     def flush(self, offsets: dict[TopicPartition, int]) -> None:
         """Write every buffered chunk; on failure keep them, so a retry rewrites the same keys."""
         if not self._chunks:
-            self._round_started = None
+            self.abort()  # an empty round: nothing of it may carry over to the next
             return
         assert self.storage is not None, "start() was not called"
         objects = rows = 0

@@ -287,3 +287,47 @@ def test_a_task_taking_raw_values_cannot_declare_reader_schemas() -> None:
 
 def worker_context(worker: SinkWorker) -> SinkContext:
     return SinkContext(worker.name, 0, worker.serde, worker._report)
+
+
+class OffsetOwningSink(ReportingSink):
+    """Stores its offsets in flush (like sink-billing): records what the DLQ held at each flush."""
+
+    def __init__(self, producer: FakeDlqProducer) -> None:
+        super().__init__()
+        self.producer = producer
+        self.acknowledged_at_flush: list[int] = []
+
+    def flush(self, offsets: dict[Any, int]) -> None:
+        self.acknowledged_at_flush.append(len(self.producer.produced) - len(self.producer._pending))
+        super().flush(offsets)
+
+
+def test_dead_letters_are_stored_before_a_sink_that_owns_its_offsets_moves_past_them() -> None:
+    producer = FakeDlqProducer(reject_first=1)  # the first write of the dead letter is rejected
+    task = OffsetOwningSink(producer)
+    worker, _, _ = _worker(task)
+    worker.dlq.producer = producer
+    task.start(worker_context(worker))
+    records = _records([{}, {"poison": True}, {}])
+    worker.batch.records = records
+    worker._put_and_flush(records, {("t", 0): 103})
+    # flush ran once, after the dead letter was produced again and acknowledged
+    assert task.acknowledged_at_flush == [2] and task.flushed_offsets == [{("t", 0): 103}]
+    assert [m["value"] for m in producer.produced] == [b"v1", b"v1"]
+
+
+def test_reported_records_count_against_the_dead_letter_limits() -> None:
+    task = ReportingSink()
+    worker, _, _ = _worker(task, errors_dlq_max_consecutive_count=3)
+    task.start(worker_context(worker))
+    for batch in range(2):
+        records = _records([{"poison": True}, {"poison": True}])
+        for n, record in enumerate(records):
+            record.offset = 10 * batch + n
+        worker.batch.clear()
+        worker.batch.records = records
+        if batch == 0:
+            worker._deliver(records, [TopicPartition("t", 0, 2)])
+        else:
+            with pytest.raises(Exception, match="consecutive"):
+                worker._deliver(records, [TopicPartition("t", 0, 12)])

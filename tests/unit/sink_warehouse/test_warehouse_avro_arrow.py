@@ -6,7 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import io
+import os
+import tempfile
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -193,3 +197,15 @@ def test_types_without_an_exact_bulk_reading_are_refused_or_exact(
     except BulkDecodeUnavailable:
         return  # the caller decodes these record by record
     assert got.equals(expected)
+
+
+def test_a_start_removes_directories_left_by_dead_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, stale_unnamed, fresh_unnamed = (tmp_path / "labconnect-avro-999999999-abc", tmp_path / "labconnect-avro-old1",
+                                          tmp_path / "labconnect-avro-new1")
+    for directory in (dead, stale_unnamed, fresh_unnamed):
+        directory.mkdir()
+        (directory / "0-0.avro").write_bytes(b"patient values")
+    os.utime(stale_unnamed, (time.time() - 7200, time.time() - 7200))
+    AvroBatchDecoder(workers=1).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labconnect-avro-new1"]

@@ -28,6 +28,15 @@ def decode_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
+def version_as_string() -> dict[str, Any]:
+    """LabResult with ``version`` changed from int to string: an incompatible change."""
+    changed = lab_result_schema()
+    for field in changed["fields"]:
+        if field["name"] == "version":
+            field["type"], field["default"] = "string", "1"
+    return changed
+
+
 def start_task(root: Path, context: FakeContext, **settings: object) -> WarehouseSinkTask:
     task = WarehouseSinkTask(WarehouseSettings(warehouse_url=f"file://{root}", **settings))
     task.start(context)
@@ -171,10 +180,7 @@ def test_incompatible_type_change_is_permanent_and_earlier_schema_keeps_working(
         tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
     task = start_task(tmp_path, context)
     task.put(make_records(range(3)))
-    changed = lab_result_schema()
-    for field in changed["fields"]:
-        if field["name"] == "version":
-            field["type"], field["default"] = "string", "1"
+    changed = version_as_string()
     with pytest.raises(PermanentError, match="version"):
         task.put(make_records([3], extra={"version": "2"}, schema=changed))
     task.put(make_records(range(3, 6)))
@@ -822,10 +828,7 @@ def test_a_schema_of_a_failed_round_does_not_block_a_later_one(
         tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
     # Its records never reached a file (the round failed, or they went to the DLQ): the same
     # verdict a restarted process would give, which knows only the schemas with files.
-    changed = lab_result_schema()
-    for field in changed["fields"]:
-        if field["name"] == "version":
-            field["type"], field["default"] = "string", "1"
+    changed = version_as_string()
     task = start_task(tmp_path, context)
     task.put(make_records([0], extra={"version": "2"}, schema=changed))
     task.abort()
@@ -834,6 +837,19 @@ def test_a_schema_of_a_failed_round_does_not_block_a_later_one(
     assert rows(tmp_path) == [(0, 0), (0, 1)]
     with pytest.raises(PermanentError, match="version"):  # now there is a file with the int column
         task.put(make_records([2], extra={"version": "2"}, schema=changed))
+
+
+def test_a_round_whose_records_were_all_dead_lettered_leaves_no_schema_behind(
+        tmp_path: Path, context: FakeContext, make_records: RecordFactory) -> None:
+    changed = version_as_string()
+    corrupt = make_records([0], extra={"version": "2"}, schema=changed)[0]
+    corrupt.raw_value = (corrupt.raw_value or b"")[:14]
+    task = start_task(tmp_path, context)
+    task.put([corrupt])
+    task.flush({})  # nothing to write: the record was reported
+    task.put(make_records([1, 2]))  # version int: no file has it as a string
+    task.flush({})
+    assert rows(tmp_path) == [(0, 1), (0, 2)] and [o for o, _, _ in context.reported] == [0]
 
 
 def test_interleaved_partitions_spanning_hours_keep_every_value(
