@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +106,14 @@ def run_sink(spec: Any, env: dict[str, str], count: int) -> dict[str, Any]:
             "flush_ms_p50": flushes[len(flushes) // 2] * 1000, "flush_ms_p99": flushes[int(len(flushes) * .99)] * 1000}
 
 
-def _bare_consumer(bootstrap: str, topic: str) -> Any:
+def _bare_loop(bootstrap: str, topic: str, count: int, take: Callable[[bytes], None],
+               finish: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The bare confluent-kafka consume loop, handing each value to ``take``."""
     from confluent_kafka import Consumer
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
-    return consumer
-
-
-def bare_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
-    from common.serde import SingleObjectSerde
-
-    decode = SingleObjectSerde().decode
-    consumer = _bare_consumer(bootstrap, topic)
     seen = size = 0
     started = None
     while seen < count:
@@ -129,11 +123,18 @@ def bare_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
         for message in messages:
             value = message.value()
             size += len(value)
-            decode(value)
+            take(value)
         seen += len(messages)
+    finish()
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
     return {"records": seen, "records_per_s": seen / elapsed, "mb_per_s": size / elapsed / 1e6}
+
+
+def bare_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    from common.serde import SingleObjectSerde
+
+    return _bare_loop(bootstrap, topic, count, SingleObjectSerde().decode)
 
 
 def bare_bulk_decode(bootstrap: str, topic: str, count: int, batch: int) -> dict[str, Any]:
@@ -144,34 +145,24 @@ def bare_bulk_decode(bootstrap: str, topic: str, count: int, batch: int) -> dict
 
     serde = SingleObjectSerde()
     decoder = AvroBatchDecoder()
-    consumer = _bare_consumer(bootstrap, topic)
-    seen = size = 0
-    started = None
     values: list[bytes] = []
 
     def decode() -> None:
-        ref = serde.peek(values[0])
-        writer = serde.writer_schema(ref)
-        decoder.decode(ref, writer, values, 10, avro_to_arrow(writer))
-        values.clear()
+        if values:
+            ref = serde.peek(values[0])
+            writer = serde.writer_schema(ref)
+            decoder.decode(ref, writer, values, 10, avro_to_arrow(writer))
+            values.clear()
 
-    while seen < count:
-        messages = consumer.consume(1000, timeout=1.0)
-        if messages and started is None:
-            started = time.perf_counter()
-        for message in messages:
-            value = message.value()
-            size += len(value)
-            values.append(value)
-        seen += len(messages)
+    def take(value: bytes) -> None:
+        values.append(value)
         if len(values) >= batch:
             decode()
-    if values:
-        decode()
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    consumer.close()
-    decoder.close()
-    return {"records": seen, "records_per_s": seen / elapsed, "mb_per_s": size / elapsed / 1e6}
+
+    try:
+        return _bare_loop(bootstrap, topic, count, take, finish=decode)
+    finally:
+        decoder.close()
 
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:

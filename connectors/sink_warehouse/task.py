@@ -140,12 +140,7 @@ class WarehouseSinkTask(SinkTask):
             return
         topic, partition = first.topic, first.partition
         for time_partition, rows in self._rows_by_time_partition(run, values).items():
-            writer = (topic, partition, time_partition)
-            chunk = self._open.get(writer)
-            if chunk is None or chunk.schema_ref != ref:
-                # A schema change cuts the object: the cut point is in the data, so replays repeat it.
-                chunk = self._open[writer] = _Chunk(writer, ref, run[rows[0] if rows else 0].offset)
-                self._chunks.append(chunk)
+            chunk = self._chunk((topic, partition, time_partition), ref, run[rows[0] if rows else 0].offset)
             if rows is None:
                 chunk.records.extend(run)
                 chunk.pieces.append(values)
@@ -211,7 +206,6 @@ class WarehouseSinkTask(SinkTask):
         """Buffer records the runtime decoded (Avro and JSON Lines files)."""
         time_field = self.settings.warehouse_timestamp_field
         partition_of = self.partitioner.partition
-        open_chunks = self._open
         for record in records:
             value = record.value
             if value is None:
@@ -220,15 +214,18 @@ class WarehouseSinkTask(SinkTask):
                 time_partition = partition_of(epoch_ms(value.get(time_field)))
             except InvalidEventTime as exc:
                 raise PermanentError(f"{_where(record)}: time field {time_field} is {exc}") from None
-            writer = (record.topic, record.partition, time_partition)
-            chunk = open_chunks.get(writer)
             ref = record.schema or ""
-            if chunk is None or chunk.schema_ref != ref:
-                # A schema change cuts the object: the cut point is in the data, so replays repeat it.
-                self._accept(record, ref)
-                chunk = open_chunks[writer] = _Chunk(writer, ref, record.offset)
-                self._chunks.append(chunk)
-            chunk.records.append(record)
+            self._accept(record, ref)
+            self._chunk((record.topic, record.partition, time_partition), ref, record.offset).records.append(record)
+
+    def _chunk(self, writer: WriterKey, ref: str, start_offset: int) -> _Chunk:
+        """The writer's open chunk, or a new one from ``start_offset`` where there is none or the
+        writer schema changed: the cut point is in the data, so replays repeat it."""
+        chunk = self._open.get(writer)
+        if chunk is None or chunk.schema_ref != ref:
+            chunk = self._open[writer] = _Chunk(writer, ref, start_offset)
+            self._chunks.append(chunk)
+        return chunk
 
     def flush(self, offsets: dict[TopicPartition, int]) -> None:
         """Write every buffered chunk; on failure keep them, so a retry rewrites the same keys."""
