@@ -74,7 +74,13 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     return topics_main(list(args.rest))
 
 
-_TOOLS = {"status": _cmd_status, "dlq": _cmd_dlq, "topics": _cmd_topics}
+def _cmd_notify(args: argparse.Namespace) -> int:
+    tool = load_connector("sink-notify").tool
+    assert tool is not None
+    return int(tool(list(args.rest)))
+
+
+_TOOLS = {"status": _cmd_status, "dlq": _cmd_dlq, "topics": _cmd_topics, "notify": _cmd_notify}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", _cmd_status, "one view of every connector's status"),
         ("dlq", _cmd_dlq, "inspect and re-drive the dead-letter queue"),
         ("topics", _cmd_topics, "create the project's topics"),
+        ("notify", _cmd_notify, "the notification sink's ledger: `notify report --since 24h`"),
     ):
         command = sub.add_parser(name, help=text, add_help=False)
         command.add_argument("rest", nargs=argparse.REMAINDER)

@@ -25,6 +25,8 @@ class ConnectorSpec:
     default_reader_schema: str | None = None
     # Brings the connector's own storage schema up to date (`labconnect migrate <name>`).
     migrate: Callable[[WorkerSettings], None] | None = None
+    # The connector's own operator command (`labconnect notify ...` for sink-notify): argv -> exit code.
+    tool: Callable[[list[str]], int] | None = None
 
     def reader_schema(self, topic: str) -> str | None:
         return self.reader_schemas.get(topic, self.default_reader_schema)

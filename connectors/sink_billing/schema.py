@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from common.config import WorkerSettings
+from common.database import make_engine
 from common.errors import ConfigError, RetriableError, scrub
 from connectors.sink_billing import tables, violations
 
@@ -34,27 +33,6 @@ _BLOCKING_ROWS = {
     tables.ONE_CHARGE_INDEX: ("bill keys charged more than once", "charge"),
     tables.ONE_REVERSAL_INDEX: ("charges reversed more than once", "reversal"),
 }
-
-
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the billing database (psycopg 3 for PostgreSQL, pysqlite embedded)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not the psycopg2 default
-        connect_args = {"connect_timeout": 5, **kwargs.pop("connect_args", {})}
-        # pre_ping: after an outage the pool would otherwise hand out dead connections.
-        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
-    engine = create_engine(parsed, **kwargs)
-
-    @event.listens_for(engine, "connect")
-    def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
-        # SQLite ignores FOREIGN KEY constraints unless asked, per connection.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return engine
 
 
 def alembic_config() -> Config:
