@@ -76,6 +76,7 @@ class Claim:
     language: str
     report_count: int
     patient_id: str
+    accessions: tuple[str, ...] = ()  # for templates that opt into them (the on-call alert)
 
     @property
     def reference(self) -> str:
@@ -333,7 +334,8 @@ class Ledger:
                     if self._set(conn, row, now, state="sending", channel=channel, attempts=row.attempts + 1,
                                  first_attempt_at=row.first_attempt_at or now):
                         claims.append(Claim(row.id, row.message_key, row.audience, row.kind, channel,
-                                            self.rules.oncall[channel], "en", row.report_count, row.patient_id))
+                                            self.rules.oncall[channel], "en", row.report_count, row.patient_id,
+                                            tuple(a for _, a in json.loads(row.accessions))))
                     continue
                 patient = row.patient_id
                 if patient in busy_patients or first_open.get(patient) != row.id:

@@ -116,7 +116,8 @@ class Sender:
     async def _send(self, claim: Claim) -> tuple[Claim, SendResult]:
         try:
             rendered = self.templates.render(claim.kind, claim.channel, claim.language, reference=claim.reference,
-                                             report_count=claim.report_count)
+                                             report_count=claim.report_count,
+                                             extra={"accessions": list(claim.accessions), "ordering_provider_id": None})
         except TemplateError as exc:  # an operator template that does not fit: this message cannot go
             result: SendResult = Rejected(reason=f"template: {safe_message(exc)}", code="template", contact_flag=None)
             return claim, self._count(claim, result)

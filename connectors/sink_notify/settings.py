@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError
 
 from common.config import SinkSettings
 
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(:[0-5]\d)?$")
 CHANNELS = ("sms", "email")
 
 
@@ -97,7 +97,7 @@ class NotifySettings(SinkSettings):
     @classmethod
     def _clock(cls, value: str) -> str:
         if not _CLOCK.match(value.strip()):
-            raise ValueError("a local time HH:MM (24-hour)")
+            raise ValueError("a local time HH:MM or HH:MM:SS (24-hour)")
         return value.strip()
 
     @field_validator("notify_database_url")
