@@ -137,7 +137,8 @@ class KafkaBroker:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             subprocess.run(
                 [java, log_opt, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props)],
+                 # "=": a random cluster id may start with "-", which argparse would take for an option
+                 f"--cluster-id={cluster_id}", "-c", str(props)],
                 check=True, stdout=subprocess.DEVNULL,
             )
         heap = os.environ.get("LABCONNECT_KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
