@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
-from common.errors import PermanentError, RetriableError
+from common.errors import ConfigError, PermanentError, RetriableError
 from common.records import SinkRecord
 from common.task import SinkTask, SinkTaskContext, TopicPartition
 from connectors.sink_notify.events import Contact, ReportEvent, contact, report_event
@@ -25,7 +25,7 @@ from connectors.sink_notify.providers import FileOutbox, Provider, SendGridEmail
 from connectors.sink_notify.schema import ledger_engine, migrate_or_retry, require_current_schema
 from connectors.sink_notify.sender import Sender, now_ms
 from connectors.sink_notify.settings import NotifySettings
-from connectors.sink_notify.templates import Templates
+from connectors.sink_notify.templates import TemplateError, Templates
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ class NotifySinkTask(SinkTask):
     def start(self, context: SinkTaskContext) -> None:
         super().start(context)
         s = self.settings
-        templates = Templates(lab_name=s.notify_lab_name, portal_url=s.notify_portal_url,
-                              directory=s.notify_template_dir)
+        try:
+            templates = Templates(lab_name=s.notify_lab_name, portal_url=s.notify_portal_url,
+                                  directory=s.notify_template_dir)
+        except TemplateError as exc:  # an operator's template that cannot work: exit 2, no restart loop
+            raise ConfigError([f"NOTIFY_TEMPLATE_DIR: {exc}"]) from None
         engine = self._engine or ledger_engine(s.notify_database_url)
         self._engine = engine
         if s.notify_migrate_on_start:

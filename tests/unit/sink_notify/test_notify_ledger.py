@@ -17,8 +17,14 @@ from tests.unit.sink_notify.notify_records import contact, now_ms, report
 NO_QUIET = QuietHours.parse("00:00", "00:00")
 
 
-def make_ledger(tmp_path: Path, **rules: object) -> Ledger:
-    engine = ledger_engine(f"sqlite:///{tmp_path / 'notify.db'}")
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> str:
+    """SQLite here; tests/integration/sink_notify runs these tests on PostgreSQL too."""
+    return f"sqlite:///{tmp_path / 'notify.db'}"
+
+
+def make_ledger(url: str, **rules: object) -> Ledger:
+    engine = ledger_engine(url)
     upgrade(engine)
     defaults: dict[str, object] = dict(combine_window_ms=0, quiet_hours=NO_QUIET,
                                        caps={"sms": Caps(10, 30), "email": Caps(10, 30)})
@@ -42,8 +48,8 @@ def send_all(ledger: Ledger, now: int | None = None, result=None):  # type: igno
     return claims
 
 
-def test_one_ready_message_per_final_report_and_none_for_preliminary(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_one_ready_message_per_final_report_and_none_for_preliminary(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     feed(ledger, contact(), report(status="preliminary"), report(status="final"))
     claims = send_all(ledger)
     assert [(c.kind, c.channel, c.to) for c in claims] == [("results_ready", "sms", "+15550001111")]
@@ -51,29 +57,29 @@ def test_one_ready_message_per_final_report_and_none_for_preliminary(tmp_path: P
     assert send_all(ledger) == []
 
 
-def test_a_redelivered_event_is_a_no_op(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_a_redelivered_event_is_a_no_op(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     feed(ledger, contact(), report())
     assert feed(ledger, report()) == {"duplicate": 1}
     assert len(send_all(ledger)) == 1
 
 
-def test_a_correction_after_the_ready_message_sends_one_update(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_a_correction_after_the_ready_message_sends_one_update(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     feed(ledger, contact(), report(status="preliminary"), report(status="final"))
     send_all(ledger)
     feed(ledger, report(status="corrected"))
     assert [c.kind for c in send_all(ledger)] == ["results_updated"]
 
 
-def test_a_correction_while_the_ready_message_waits_adds_nothing(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_a_correction_while_the_ready_message_waits_adds_nothing(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     feed(ledger, contact(), report(status="final"), report(status="corrected"))
     assert [c.kind for c in send_all(ledger)] == ["results_ready"]
 
 
-def test_reports_within_the_combine_window_share_one_message(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, combine_window_ms=60_000)
+def test_reports_within_the_combine_window_share_one_message(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, combine_window_ms=60_000)
     now = now_ms()
     feed(ledger, contact(), report(accession="A1"), report(accession="A2"), report(accession="A3"), now=now)
     assert send_all(ledger, now) == []  # the window is still open
@@ -81,8 +87,8 @@ def test_reports_within_the_combine_window_share_one_message(tmp_path: Path) -> 
     assert [(c.kind, c.report_count) for c in claims] == [("results_ready", 3)]
 
 
-def test_a_cancellation_removes_its_report_from_an_unsent_message(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, combine_window_ms=60_000)
+def test_a_cancellation_removes_its_report_from_an_unsent_message(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, combine_window_ms=60_000)
     now = now_ms()
     feed(ledger, contact(), report(accession="A1"), report(accession="A1", status="cancelled"), now=now)
     assert send_all(ledger, now + 60_000) == []
@@ -90,15 +96,15 @@ def test_a_cancellation_removes_its_report_from_an_unsent_message(tmp_path: Path
 
 @pytest.mark.parametrize("record", [report(replay=True), report(timestamp=now_ms() - 8 * DAY_MS)],
                          ids=["replay-header", "too-old"])
-def test_replayed_and_old_events_notify_nobody(tmp_path: Path, record) -> None:  # type: ignore[no-untyped-def]
-    ledger = make_ledger(tmp_path)
+def test_replayed_and_old_events_notify_nobody(ledger_url: str, record) -> None:  # type: ignore[no-untyped-def]
+    ledger = make_ledger(ledger_url)
     feed(ledger, contact(), report(accession="X", status="final", critical=True, replay=True,
                                    event_id="ev-critical-replay"), record)
     assert send_all(ledger) == []
 
 
-def test_critical_reports_alert_on_call_once_and_ignore_quiet_hours(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, quiet_hours=QuietHours.parse("00:00", "23:59"),
+def test_critical_reports_alert_on_call_once_and_ignore_quiet_hours(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, quiet_hours=QuietHours.parse("00:00", "23:59"),
                          oncall={"sms": "+15559990000"})
     feed(ledger, contact(), report(critical=True), report(critical=True, event_id="ev-again"))
     claims = send_all(ledger)
@@ -107,8 +113,8 @@ def test_critical_reports_alert_on_call_once_and_ignore_quiet_hours(tmp_path: Pa
     assert send_all(ledger) == []
 
 
-def test_quiet_hours_defer_to_the_patient_morning(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, quiet_hours=QuietHours.parse("21:00", "08:00"))
+def test_quiet_hours_defer_to_the_patient_morning(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, quiet_hours=QuietHours.parse("21:00", "08:00"))
     # 2026-12-04 03:00 UTC is 22:00 in New York: quiet until 08:00 local = 13:00 UTC.
     night = 1_796_353_200_000
     feed(ledger, contact(zone="America/New_York"), report(timestamp=night), now=night)
@@ -117,8 +123,8 @@ def test_quiet_hours_defer_to_the_patient_morning(tmp_path: Path) -> None:
     assert len(send_all(ledger, night + 10 * 3_600_000)) == 1
 
 
-def test_caps_defer_a_second_sms_to_the_next_day(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, caps={"sms": Caps(1, 3), "email": Caps(1, 3)}, channels=("sms",))
+def test_caps_defer_a_second_sms_to_the_next_day(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, caps={"sms": Caps(1, 3), "email": Caps(1, 3)}, channels=("sms",))
     now = now_ms()
     feed(ledger, contact(), report(accession="A1"), now=now)
     assert len(send_all(ledger, now)) == 1
@@ -127,16 +133,16 @@ def test_caps_defer_a_second_sms_to_the_next_day(tmp_path: Path) -> None:
     assert len(send_all(ledger, now + DAY_MS + 1)) == 1
 
 
-def test_a_report_waits_for_its_contact(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_a_report_waits_for_its_contact(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     feed(ledger, report())
     assert send_all(ledger) == []
     feed(ledger, contact())
     assert len(send_all(ledger)) == 1
 
 
-def test_no_consent_and_opt_out_by_provider_error_send_nothing_more(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, channels=("sms",))
+def test_no_consent_and_opt_out_by_provider_error_send_nothing_more(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, channels=("sms",))
     feed(ledger, contact("P2", sms=False), report("P2", "B1"))
     assert send_all(ledger) == []
     feed(ledger, contact(), report(accession="A1"))
@@ -149,8 +155,8 @@ def test_no_consent_and_opt_out_by_provider_error_send_nothing_more(tmp_path: Pa
     assert send_all(ledger) == []
 
 
-def test_a_retry_keeps_the_message_and_sends_it_once_later(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_a_retry_keeps_the_message_and_sends_it_once_later(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     now = now_ms()
     feed(ledger, contact(), report(), now=now)
     send_all(ledger, now, RetryLater("HTTP 503", retry_after=5))
@@ -159,8 +165,8 @@ def test_a_retry_keeps_the_message_and_sends_it_once_later(tmp_path: Path) -> No
     assert send_all(ledger, now + 60_000) == []
 
 
-def test_an_interrupted_send_is_resent_with_the_same_key_or_held(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path)
+def test_an_interrupted_send_is_resent_with_the_same_key_or_held(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
     feed(ledger, contact(), report())
     first = ledger.claim(now_ms(), 10, set())
     assert ledger.recover_interrupted(resend=True, now=now_ms()) == 1
