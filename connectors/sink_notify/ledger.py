@@ -125,9 +125,7 @@ class Ledger:
             if done:
                 conn.execute(update(_t.messages).where(_t.messages.c.id.in_(done))
                              .values(dead_letter="done", updated_at=now))
-                for column in (_t.events.c.message_id, _t.events.c.alert_message_id):
-                    conn.execute(update(_t.events).where(column.in_(done))
-                                 .values(raw_key=None, raw_value=None, raw_headers=None))
+                _forget_raw(conn, done)
             self._store_offsets(conn, offsets, now)
         return outcomes
 
@@ -391,8 +389,11 @@ class Ledger:
     def _set(conn: Connection, row: Any, now: int, **values: Any) -> bool:
         """Compare-and-set: change the message only if nobody changed its state meanwhile."""
         m = _t.messages.c
-        return bool(conn.execute(update(_t.messages).where(and_(m.id == row.id, m.state == row.state))
-                                 .values(updated_at=now, **values)).rowcount)
+        changed = bool(conn.execute(update(_t.messages).where(and_(m.id == row.id, m.state == row.state))
+                                    .values(updated_at=now, **values)).rowcount)
+        if changed and values.get("state") == "suppressed":
+            _forget_raw(conn, [row.id])
+        return changed
 
     def finish(self, results: Sequence[tuple[Claim, SendResult]], now: int) -> None:
         """Record the providers' answers: sent, retry later, or failed (and what it says about the contact)."""
@@ -403,9 +404,10 @@ class Ledger:
             for claim, result in results:
                 where = and_(m.id == claim.id, m.state == "sending")
                 if isinstance(result, Accepted):
-                    conn.execute(update(_t.messages).where(where).values(
-                        state="sent", reason=None, sent_at=now, updated_at=now,
-                        provider_message_id=result.provider_message_id[:128]))
+                    if conn.execute(update(_t.messages).where(where).values(
+                            state="sent", reason=None, sent_at=now, updated_at=now,
+                            provider_message_id=result.provider_message_id[:128])).rowcount:
+                        _forget_raw(conn, [claim.id])
                 elif isinstance(result, RetryLater):
                     first = conn.execute(select(m.first_attempt_at, m.attempts).where(m.id == claim.id)).first()
                     if first is not None and now - (first.first_attempt_at or now) >= self.rules.retry_budget_ms:
@@ -440,6 +442,14 @@ class Ledger:
             events = conn.execute(select(e.outcome, e.reason, func.count()).where(e.received_at >= since)
                                   .group_by(e.outcome, e.reason)).all()
         return {"messages": [tuple(r) for r in messages], "events": [tuple(r) for r in events]}
+
+
+def _forget_raw(conn: Connection, message_ids: list[int]) -> None:
+    """The raw records of a message's events were kept for the dead-letter queue only: once the
+    message is sent, suppressed or dead-lettered, the ledger keeps no result data."""
+    for column in (_t.events.c.message_id, _t.events.c.alert_message_id):
+        conn.execute(update(_t.events).where(and_(column.in_(message_ids), _t.events.c.raw_value.is_not(None)))
+                     .values(raw_key=None, raw_value=None, raw_headers=None))
 
 
 def _headers_json(headers: list[tuple[str, bytes]]) -> str:

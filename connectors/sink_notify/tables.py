@@ -70,6 +70,7 @@ events = Table(
     Column("raw_headers", Text),
 )
 Index("ix_notify_events_message_id", events.c.message_id)
+Index("ix_notify_events_alert_message_id", events.c.alert_message_id)
 Index("ix_notify_events_received_at", events.c.received_at)
 
 # The outbox: one row per message to send. `message_key` is the provider's idempotency key.

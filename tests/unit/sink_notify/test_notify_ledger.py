@@ -174,3 +174,13 @@ def test_an_interrupted_send_is_resent_with_the_same_key_or_held(ledger_url: str
     assert [c.key for c in again] == [c.key for c in first]
     assert ledger.recover_interrupted(resend=False, now=now_ms()) == 1
     assert ledger.claim(now_ms(), 10, set()) == []
+
+
+def test_the_raw_record_is_kept_only_until_its_message_is_settled(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url)
+    feed(ledger, contact(), report(accession="A1"), contact("P2", sms=False, email_consent=False),
+         report("P2", "B1"))
+    send_all(ledger)
+    with ledger.engine.connect() as conn:
+        raw = conn.exec_driver_sql("SELECT count(*) FROM notify_events WHERE raw_value IS NOT NULL").scalar()
+    assert raw == 0

@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("event_id", name="pk_notify_events"),
     )
     op.create_index("ix_notify_events_message_id", "notify_events", ["message_id"])
+    op.create_index("ix_notify_events_alert_message_id", "notify_events", ["alert_message_id"])
     op.create_index("ix_notify_events_received_at", "notify_events", ["received_at"])
     op.create_table(
         "notify_messages",
