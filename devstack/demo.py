@@ -1,10 +1,11 @@
-"""The end-to-end demo: LIS simulator → source-lis → Kafka → sink-billing, sink-warehouse.
+"""The end-to-end demo: LIS simulator → source-lis → Kafka → sink-billing, sink-warehouse, sink-notify.
 
     scripts/demo [--reports 2000] [--keep]
 
 Starts a local Kafka broker (or uses $KAFKA_BOOTSTRAP_SERVERS), creates the topics,
 serves a generated LIS over FHIR R4, runs the connectors as separate processes with
-the embedded defaults (SQLite billing database, local-directory warehouse), waits
+the embedded defaults (SQLite billing database and notify ledger, local-directory
+warehouse, a file outbox for messages), waits
 until every result has flowed through, prints what arrived where, and stops
 everything cleanly (SIGTERM). Everything it writes is under ``.demo/``.
 """
@@ -103,6 +104,24 @@ def _billing_summary(db: Path) -> dict[str, Any]:
         }
 
 
+def _wait_for_notify(db: Path, reports: int, timeout: float = 60) -> bool:
+    """True once sink-notify decided every report event and sent every message that may go now
+    (quiet hours and caps defer some to later: those stay `deferred`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db, timeout=10) as conn:
+                decided = conn.execute("SELECT count(*) FROM notify_events").fetchone()[0]
+                busy = conn.execute("SELECT count(*) FROM notify_messages WHERE state IN "
+                                    "('pending', 'sending', 'retrying')").fetchone()[0]
+            if decided >= reports and busy == 0:
+                return True
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(1)
+    return False
+
+
 def _warehouse_summary(root: Path) -> dict[str, Any]:
     files = list(root.glob("**/*.parquet"))
     if not files:
@@ -174,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
             **common, "CONNECTOR_NAME": prefix + "sink-billing", "TOPICS": reports, "BILLING_DATABASE_URL": f"sqlite:///{WORK / 'billing.db'}"})
         processes["sink-warehouse"] = _connector("sink-warehouse", {
             **common, "CONNECTOR_NAME": prefix + "sink-warehouse", "TOPICS": results, "WAREHOUSE_URL": f"file://{WORK / 'warehouse'}"})
+        processes["sink-notify"] = _connector("sink-notify", {
+            **common, "CONNECTOR_NAME": prefix + "sink-notify", "TOPICS": reports, "NOTIFY_CONTACTS_TOPIC": names["patients"],
+            "NOTIFY_DATABASE_URL": f"sqlite:///{WORK / 'notify.db'}", "NOTIFY_OUTBOX_PATH": str(WORK / "outbox.jsonl"),
+            # The simulated LIS day is 2026-01-01: accept its events as recent, and combine each
+            # patient's reports over 2 s instead of 5 minutes so the demo ends quickly.
+            "NOTIFY_MAX_EVENT_AGE_MS": str(10 * 365 * 86_400_000), "NOTIFY_COMBINE_WINDOW_MS": "2000",
+            "NOTIFY_CRITICAL_EMAIL_TO": "oncall@lab.example"})
 
         reader = TopicReader(bootstrap, [results, reports, names["patients"], names["dead-letter"]])
         deadline = time.monotonic() + args.timeout
@@ -205,13 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         print("Warehouse (.demo/warehouse, read with DuckDB):")
         for key, value in _warehouse_summary(WORK / "warehouse").items():
             print(f"  {key:<16} {value}")
+        decided = _wait_for_notify(WORK / "notify.db", reader.counts[reports])
+        print("Notifications (.demo/notify.db; messages in .demo/outbox.jsonl), `labconnect notify report`:")
+        subprocess.run([sys.executable, "-m", "common", "notify", "report", "--since", "3650d",
+                        "--database", f"sqlite:///{WORK / 'notify.db'}"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
         print()
         subprocess.run([sys.executable, "-m", "common", "status", "--bootstrap", bootstrap,
                         "--topic", names["connect-status"]], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         warehouse = _warehouse_summary(WORK / "warehouse")
         ok = (reader.counts[results] == expected and reader.event_ids == simulator.expected_event_ids(history=True)
-              and warehouse.get("rows") == warehouse.get("distinct offsets") == expected)
+              and warehouse.get("rows") == warehouse.get("distinct offsets") == expected and decided)
     finally:
         for process in processes.values():
             if process.poll() is None:
