@@ -56,7 +56,8 @@ class Response:
     def encode(self, close: bool) -> bytes:
         head = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}", f"Content-Length: {len(self.body)}",
                 *(["Content-Type: application/json"] if self.body else []),
-                *(f"{name}: {value}" for name, value in self.headers.items()), *(["Connection: close"] if close else [])]
+                *(f"{name}: {value}" for name, value in self.headers.items()),
+                *(["Connection: close"] if close else [])]
         return ("\r\n".join(head) + "\r\n\r\n").encode() + self.body
 
 
@@ -98,6 +99,10 @@ class FaultRule:
             raise ValueError(f"channel must be sms, email or any, not {self.channel!r}")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError(f"status must be 4xx or 5xx, not {self.status}")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be a positive number of requests per second")
+        if self.kill_pid is not None and self.kill_pid <= 1:
+            raise ValueError("kill_pid must be the id of one process")  # 0 or -1 would signal groups
         answers = self.status is not None or self.code is not None or self.rate_limit is not None
         self.kind = "kill" if self.kill_pid is not None else "answer" if answers else "delay"
         if self.kind == "delay" and not self.delay:
@@ -302,6 +307,9 @@ async def serve_connection(state: ProviderState, verbose: bool,
             method, target, version = head[0].split(" ", 2)
             headers = {name.strip().lower(): value.strip() for name, _, value in
                        (line.partition(":") for line in head[1:] if line)}
+            if "chunked" in headers.get("transfer-encoding", ""):
+                writer.write(json_response(411, {"message": "send a Content-Length"}).encode(close=True))
+                break
             if headers.get("expect", "").lower() == "100-continue":
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await reader.readexactly(int(headers.get("content-length") or 0))

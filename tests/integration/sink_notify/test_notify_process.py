@@ -155,3 +155,20 @@ def test_a_critical_report_alerts_on_call_once_even_in_quiet_hours(notify: Notif
     time.sleep(2)
     assert sms_to(notify) == ["+15559990000"]  # the patient's message waits for the morning
     assert "CANARY" not in notify.providers.messages("sms")[0]["body"]
+
+
+def test_a_patient_who_chose_email_gets_one_email_and_notify_report_counts_it(notify: NotifyRun) -> None:
+    notify.produce_contacts([contact("MAILER", sms=False, email="CANARY-mailer@example.org", email_consent=True)])
+    notify.produce_reports([report("MAILER", "E1")])
+    notify.start()
+    wait_for(lambda: notify.providers.messages("email"), 60, "the e-mail")
+    email = notify.providers.messages("email")[0]
+    assert email["to"] == "CANARY-mailer@example.org" and email["subject"]
+    assert "CANARY-TEST-NAME" not in email["body"] and "CANARY" not in email["subject"]
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "common", "notify", "report", "--since", "1h", "--json",
+                          "--database", notify.ledger_url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"outcome": "sent"' in out.stdout and '"channel": "email"' in out.stdout
+    assert "CANARY" not in out.stdout + notify.logs()
