@@ -42,6 +42,7 @@ class Contact(NamedTuple):
     time_zone: str
     language: str
     contact_time: int
+    unknown: frozenset[str] = frozenset()  # fields this update did not carry: keep what is stored
 
 
 def _where(record: SinkRecord) -> str:
@@ -90,6 +91,7 @@ def contact(record: SinkRecord) -> Contact | None:
             time_zone=str(value.get("time_zone") or "UTC"),
             language=str(value.get("language") or "en"),
             contact_time=int(value.get("timestamp") or record.timestamp_ms),
+            unknown=frozenset(str(name) for name in value.get("unknown_fields") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else type(exc).__name__

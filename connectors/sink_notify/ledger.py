@@ -141,6 +141,8 @@ class Ledger:
         if old is None:
             conn.execute(insert(_t.contacts).values(patient_id=patient_id, **values))
         elif new.contact_time >= old.contact_time:  # an older record (a re-read) never wins
+            for name in new.unknown & {"phone", "email"}:  # not carried by this update: unknown, not removed
+                values[name] = getattr(old, name)
             # A provider's verdict holds for the address it was about; a new address starts clean.
             values["sms_blocked"] = old.sms_blocked if new.phone == old.phone else None
             values["email_blocked"] = old.email_blocked if new.email == old.email else None

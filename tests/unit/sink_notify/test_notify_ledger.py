@@ -184,3 +184,14 @@ def test_the_raw_record_is_kept_only_until_its_message_is_settled(ledger_url: st
     with ledger.engine.connect() as conn:
         raw = conn.exec_driver_sql("SELECT count(*) FROM notify_events WHERE raw_value IS NOT NULL").scalar()
     assert raw == 0
+
+
+def test_a_contact_update_that_does_not_carry_the_phone_keeps_it(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, channels=("sms",))
+    feed(ledger, contact())
+    update = contact(phone=None, timestamp=now_ms() + 1)
+    update.value["unknown_fields"] = ["phone"]  # type: ignore[index]
+    feed(ledger, update, report())
+    assert [c.to for c in send_all(ledger)] == ["+15550001111"]
+    feed(ledger, contact(phone=None, timestamp=now_ms() + 2), report(accession="A2"))  # null, listed nowhere: removed
+    assert send_all(ledger) == []
