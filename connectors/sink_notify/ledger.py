@@ -315,6 +315,8 @@ class Ledger:
             first_open = dict(conn.execute(select(m.patient_id, func.min(m.id)).where(and_(
                 m.patient_id.in_(patients), m.audience == "patient", m.state.in_(tables.OPEN_STATES)))
                 .group_by(m.patient_id)).all()) if patients else {}
+            blocked_until = dict(conn.execute(select(m.id, m.due_at).where(
+                m.id.in_(set(first_open.values())))).all()) if first_open else {}
             contacts = {row.patient_id: row for row in conn.execute(
                 select(_t.contacts).where(c.patient_id.in_(patients)))} if patients else {}
             history: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -338,8 +340,14 @@ class Ledger:
                                             tuple(a for _, a in json.loads(row.accessions))))
                     continue
                 patient = row.patient_id
-                if patient in busy_patients or first_open.get(patient) != row.id:
-                    continue  # one message per patient at a time, in order
+                if patient in busy_patients:
+                    continue  # one message per patient at a time
+                if first_open.get(patient) != row.id:  # behind an earlier message (deferred, say): keep the
+                    # order, and wait as long as it does, so that blocked rows never crowd out others' turns
+                    blocker_due = blocked_until.get(first_open.get(patient), now)
+                    self._set(conn, row, now, state="deferred", reason="behind_earlier",
+                              due_at=max(blocker_due, now + 1000))
+                    continue
                 contact = contacts.get(patient)
                 if contact is None:
                     expires = row.created_at + self.rules.contact_wait_ms

@@ -48,6 +48,8 @@ class Sender:
         self.labels = labels
         self.clock = clock
         self.error: BaseException | None = None  # the last ledger failure, for the task to surface
+        # channel -> (since when every answer said "retry later", the last reason): an outage.
+        self.failing_since: dict[str, tuple[float, str]] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -133,8 +135,21 @@ class Sender:
             self.limiters[claim.channel].penalize(result.retry_after)  # every sender on it backs off together
         return claim, self._count(claim, result)
 
+    def outage(self, longer_than_s: float) -> str | None:
+        """A provider that has answered nothing but "retry later" for ``longer_than_s``, described."""
+        now = time.monotonic()
+        for channel, (since, reason) in list(self.failing_since.items()):
+            if now - since > longer_than_s:
+                return f"{channel} provider failing for {now - since:.0f}s ({reason})"
+        return None
+
     def _count(self, claim: Claim, result: SendResult) -> SendResult:
         outcome = {Accepted: "sent", RetryLater: "retry", Rejected: "rejected"}[type(result)]
+        if isinstance(result, RetryLater):
+            since = self.failing_since.get(claim.channel, (time.monotonic(), ""))[0]
+            self.failing_since[claim.channel] = (since, result.reason)
+        else:
+            self.failing_since.pop(claim.channel, None)
         MESSAGES.labels(*self.labels, claim.channel, outcome).inc()
         if not isinstance(result, Accepted):  # a 429 storm is routine: only refusals are warnings
             level = logging.WARNING if isinstance(result, Rejected) else logging.DEBUG

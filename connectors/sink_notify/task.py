@@ -29,6 +29,8 @@ from connectors.sink_notify.templates import TemplateError, Templates
 
 log = logging.getLogger(__name__)
 
+PROVIDER_OUTAGE_S = 30.0  # every answer "retry later" for this long: shown in status, intake paused
+
 
 class NotifySinkTask(SinkTask):
     def __init__(self, settings: NotifySettings, engine: Engine | None = None) -> None:
@@ -78,6 +80,11 @@ class NotifySinkTask(SinkTask):
         return self.ledger.stored_offsets(partitions) or None
 
     def put(self, records: Sequence[SinkRecord]) -> None:
+        # Intake could go on (the ledger keeps everything), but an outage must show in status: the
+        # runtime retries this put with backoff, reports RETRYING with the reason, and intake pauses.
+        outage = self._sender.outage(PROVIDER_OUTAGE_S) if self._sender is not None else None
+        if outage is not None:
+            raise RetriableError(outage)
         backlog = self.ledger.backlog(now_ms())
         if backlog > self.settings.notify_max_backlog:  # the providers are not keeping up: pause intake
             raise RetriableError(f"{backlog} notifications are due and unsent; waiting for the providers")

@@ -195,3 +195,16 @@ def test_a_contact_update_that_does_not_carry_the_phone_keeps_it(ledger_url: str
     assert [c.to for c in send_all(ledger)] == ["+15550001111"]
     feed(ledger, contact(phone=None, timestamp=now_ms() + 2), report(accession="A2"))  # null, listed nowhere: removed
     assert send_all(ledger) == []
+
+
+def test_messages_behind_a_deferred_one_wait_with_it_and_keep_the_order(ledger_url: str) -> None:
+    ledger = make_ledger(ledger_url, caps={"sms": Caps(1, 3), "email": Caps(1, 3)}, channels=("sms",))
+    now = now_ms()
+    feed(ledger, contact(), report(accession="A1"), now=now)
+    send_all(ledger, now)
+    feed(ledger, report(accession="A2"), now=now + 1)  # capped until tomorrow
+    send_all(ledger, now + 2)
+    feed(ledger, report(accession="A3", status="final"), contact("P2"), report("P2", "B1"), now=now + 3)
+    assert [c.patient_id for c in send_all(ledger, now + 4)] == ["P2"]  # A3 waits behind A2, P2 goes on
+    later = send_all(ledger, now + DAY_MS + 5)
+    assert [c.report_count for c in later] == [1]  # A2 first; A3 after it, in order (and capped again)
