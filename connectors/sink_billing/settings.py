@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from pydantic import Field
 
 from common.config import SinkSettings
+from common.database import DatabaseUrl
 
 EXAMPLE_PRICE_LIST = str(Path(__file__).resolve().parent / "price_list.example.csv")
 
@@ -22,7 +21,7 @@ class BillingSettings(SinkSettings):
     """Where the billing database is, which price list applies and how rows are written."""
 
     topics: str = Field("lab-reports", description="Comma-separated topics of LabReport events")
-    billing_database_url: str = Field(
+    billing_database_url: DatabaseUrl = Field(
         "sqlite:///billing.db",
         description="SQLAlchemy URL: postgresql+psycopg://user@host/db in production, sqlite:///file embedded",
     )
@@ -34,14 +33,3 @@ class BillingSettings(SinkSettings):
         "copy", description="PostgreSQL only: multi-row INSERT ... ON CONFLICT, or COPY into a temp table + merge"
     )
 
-    @field_validator("billing_database_url")
-    @classmethod
-    def _sqlalchemy_url(cls, value: str) -> str:
-        try:
-            url = make_url(value)
-        except ArgumentError:
-            # The value itself may hold a password: never echo it.
-            raise ValueError("not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host/db)") from None
-        if url.get_backend_name() not in ("postgresql", "sqlite"):
-            raise ValueError("only postgresql and sqlite databases are supported")
-        return value

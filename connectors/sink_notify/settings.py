@@ -11,10 +11,9 @@ import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from common.config import SinkSettings
+from common.database import DatabaseUrl
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(:[0-5]\d)?$")
 CHANNELS = ("sms", "email")
@@ -26,7 +25,7 @@ class NotifySettings(SinkSettings):
     topics: str = Field("lab-reports", description="Comma-separated topics of LabReport events")
     notify_contacts_topic: str = Field("patients", min_length=1,
                                        description="compacted topic of PatientContact records")
-    notify_database_url: str = Field("sqlite:///notify.db", description="SQLAlchemy URL of the ledger")
+    notify_database_url: DatabaseUrl = Field("sqlite:///notify.db", description="SQLAlchemy URL of the ledger")
     notify_migrate_on_start: bool = Field(True, description="run the Alembic migrations when the task starts")
 
     notify_lab_name: str = Field("Your lab", min_length=1, max_length=40, description="sender name in messages")
@@ -100,16 +99,6 @@ class NotifySettings(SinkSettings):
             raise ValueError("a local time HH:MM or HH:MM:SS (24-hour)")
         return value.strip()
 
-    @field_validator("notify_database_url")
-    @classmethod
-    def _sqlalchemy_url(cls, value: str) -> str:
-        try:
-            url = make_url(value)
-        except ArgumentError:
-            raise ValueError("not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host/db)") from None
-        if url.get_backend_name() not in ("postgresql", "sqlite"):
-            raise ValueError("only postgresql and sqlite databases are supported")
-        return value
 
     @model_validator(mode="after")
     def _providers_configured(self) -> NotifySettings:
