@@ -37,6 +37,7 @@ def day_file(received_ms: int) -> str:
 
 @dataclass(frozen=True)
 class _Entry:
+    start: int  # position of the header line
     received_ms: int
     body: int  # position of the raw bytes
     length: int
@@ -69,7 +70,7 @@ class _DayFile:
         m = _HEADER.match(fh.read(_HEADER_MAX))
         if m is None:
             return None
-        entry = _Entry(int(m[1]), pos + m.end(), int(m[2]))
+        entry = _Entry(pos, int(m[1]), pos + m.end(), int(m[2]))
         if not self.first_ms <= entry.received_ms < self.first_ms + _DAY_MS:
             return None
         if entry.end > self.size:
@@ -103,7 +104,8 @@ class ArchiveWriter:
         self._name: str | None = None
         self._file: BinaryIO | None = None
 
-    def append(self, raw: bytes, received_ms: int) -> None:
+    def append(self, raw: bytes, received_ms: int) -> str:
+        """Append one message; returns where its entry starts: ``<day file>@<byte position>``."""
         name = day_file(received_ms)
         if name != self._name:
             self.close()
@@ -111,7 +113,11 @@ class ArchiveWriter:
             self._file = open(self.directory / name, "ab")  # noqa: SIM115 - kept open across appends
             self._name = name
         assert self._file is not None
-        self._file.write(b"%d %d\n" % (received_ms, len(raw)) + raw + b"\n")
+        pos = self._file.tell()
+        self._file.write(b"%d %d\n" % (received_ms, len(raw)))
+        self._file.write(raw)  # not concatenated: a large message is not copied
+        self._file.write(b"\n")
+        return f"{name}@{pos}"
 
     def sync(self) -> None:
         if self._file is not None:
@@ -144,6 +150,7 @@ def _cut_torn_tail(path: Path) -> None:
 @dataclass(frozen=True)
 class ArchivedMessage:
     file: str
+    pos: int  # where this entry starts
     next_pos: int  # where the entry after this one starts: the replay's resume point
     received_ms: int
     raw: bytes
@@ -181,4 +188,4 @@ class ArchiveReader:
                 for entry in _DayFile(fh, name).entries(pos):
                     if self.since_ms <= entry.received_ms < self.until_ms:
                         fh.seek(entry.body)
-                        yield ArchivedMessage(name, entry.end, entry.received_ms, fh.read(entry.length))
+                        yield ArchivedMessage(name, entry.start, entry.end, entry.received_ms, fh.read(entry.length))

@@ -17,6 +17,14 @@ archive's contact details and consent are historical, and on the compacted
 
 One message's content never fails the task: whatever parsing or mapping raises
 sends the message to the DLQ with AR (unparseable) or AE (cannot be processed).
+Every AE and AR carries an ERR segment (:mod:`.hl7_ack`). One sender's rejected
+messages are counted per peer (:mod:`.peer_rejects`): past the limit they are
+answered AR without a dead letter and the connection is closed.
+
+A message larger than a Kafka record can carry (:meth:`LisSettings.kafka_message_limit`)
+is refused with AR and dead-lettered as its MSH segment plus headers naming its size;
+the original is in the archive when it was received whole (``lis.archive`` points at
+the entry), and nowhere when it was over the frame cap.
 """
 
 from __future__ import annotations
@@ -31,14 +39,40 @@ from typing import Any
 from common.errors import PermanentError
 from common.records import DeadLetter, SourceRecord
 from connectors.source_lis.archive import ArchiveReader, ArchiveWriter
+from connectors.source_lis.hl7_ack import (
+    APPLICATION_INTERNAL_ERROR,
+    DATA_TYPE_ERROR,
+    REQUIRED_FIELD_MISSING,
+    SEGMENT_SEQUENCE_ERROR,
+    TABLE_VALUE_NOT_FOUND,
+    UNSUPPORTED_EVENT_CODE,
+    UNSUPPORTED_MESSAGE_TYPE,
+    AckError,
+    build_ack,
+)
 from connectors.source_lis.hl7_mapping import Hl7ContentError, Hl7Mapper
-from connectors.source_lis.hl7_parser import Header, Hl7Error, build_ack, parse_oru, read_header
-from connectors.source_lis.mllp_server import InboundMessage, MllpServer
+from connectors.source_lis.hl7_parser import Header, Hl7Error, parse_oru, read_header
+from connectors.source_lis.mllp_framing import HEAD_BYTES
+from connectors.source_lis.mllp_server import InboundMessage, MllpLimits, MllpServer
+from connectors.source_lis.peer_rejects import PeerRejects
 from connectors.source_lis.settings import LisSettings
 from connectors.source_lis.window import ReplayWindow
 
 log = logging.getLogger(__name__)
 Record = SourceRecord | DeadLetter
+_NOT_STORED = AckError(APPLICATION_INTERNAL_ERROR, "not stored, send again")
+
+
+class Rejected(Hl7Error):
+    """Not a message this connector takes: AR, with ``condition`` (HL7 table 0357) in the ERR segment."""
+
+    def __init__(self, text: str, condition: tuple[int, str]) -> None:
+        super().__init__(text)
+        self.condition = condition
+
+
+class MessageTooLarge(Rejected):
+    """Larger than a Kafka record can carry (dead-lettered without its body)."""
 
 
 class _SenderIds:
@@ -76,9 +110,10 @@ class _Pending:
     inbound: InboundMessage | None
     header: Header | None
     code: str  # AA, AE or AR, after the commit
-    text: str = ""
+    error: AckError | None = None
     key: tuple[str, str, str] | None = None
     waiters: list[InboundMessage] = field(default_factory=list)
+    close: bool = False  # close the connection after this ACK (a peer over its reject limit)
 
 
 class Hl7Source:
@@ -92,6 +127,9 @@ class Hl7Source:
         contacts = replay is None or bool(replay.topics and settings.patients_topic in replay.topics)
         self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, emit_contacts=contacts, **kwargs)
         self.inbox: queue.Queue[InboundMessage] = queue.Queue()
+        # Larger messages are refused: over the frame cap they were not even kept whole.
+        self.max_message_bytes = min(settings.kafka_message_limit(), settings.mllp_frame_cap())
+        self.peers = PeerRejects(settings.mllp_peer_max_rejects)
         self.server: MllpServer | None = None
         self.archive: ArchiveWriter | None = None
         self._context_offset: Any = None
@@ -125,10 +163,15 @@ class Hl7Source:
             return
         if self.settings.hl7_archive_dir:
             self.archive = ArchiveWriter(self.settings.hl7_archive_dir)
-        self.server = MllpServer(self.settings.mllp_host, self.settings.mllp_port, self.inbox.put)
+        s = self.settings
+        limits = MllpLimits(max_message_bytes=s.mllp_frame_cap(), read_timeout_s=s.mllp_read_timeout_ms / 1000,
+                            idle_timeout_s=s.mllp_idle_timeout_ms / 1000, max_connections=s.mllp_max_connections,
+                            max_unacked_bytes=max(32 << 20, 2 * s.mllp_frame_cap()))
+        self.server = MllpServer(s.mllp_host, s.mllp_port, self.inbox.put, limits)
         self.server.start()
         self.mllp_port = self.server.port
-        log.info("MLLP listener on %s:%s", self.settings.mllp_host, self.server.port)
+        log.info("MLLP listener on %s:%s (frame cap %d bytes, messages over %d bytes refused)", s.mllp_host,
+                 self.server.port, limits.max_message_bytes, self.max_message_bytes)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -158,15 +201,17 @@ class Hl7Source:
                 inbound.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
+        archived: list[str | None] = [None] * len(inbound)
         if self.archive is not None:
-            for message in inbound:
-                self.archive.append(message.raw, message.received_ms)
+            for i, message in enumerate(inbound):
+                if not message.truncated:  # over the frame cap: only its head was kept, nothing to archive
+                    archived[i] = self.archive.append(message.raw, message.received_ms)
             self.archive.sync()  # the history is on disk before anything is acknowledged
         batch: list[Record] = []
         pending: list[_Pending] = []
         touched: dict[str, tuple[_SenderIds, dict[str, Any]]] = {}
-        for message in inbound:
-            self._process(message.raw, message, batch, pending, touched)
+        for message, where in zip(inbound, archived):
+            self._process(message.raw, message, batch, pending, touched, where)
         for ids, offset in touched.values():
             offset["recent"] = list(ids.ids)  # records share this dict: it is final before the commit
         if not batch:
@@ -176,25 +221,35 @@ class Hl7Source:
         return batch
 
     def _process(self, raw: bytes, inbound: InboundMessage | None, batch: list[Record], pending: list[_Pending],
-                 touched: dict[str, tuple[_SenderIds, dict[str, Any]]]) -> None:
+                 touched: dict[str, tuple[_SenderIds, dict[str, Any]]], archived: str | None = None) -> None:
+        """``archived``: where the message is in the archive (``<day file>@<byte position>``)."""
+        size = inbound.size if inbound is not None else len(raw)
+        if size > self.max_message_bytes:
+            self._refuse_too_large(raw, size, inbound, archived, batch, pending)
+            return
         header: Header | None = None
         try:
             text = raw.decode(self.settings.hl7_encoding)
             header = read_header(text)
+            _check_supported(header)
             message = parse_oru(text)
-        except (UnicodeDecodeError, Hl7Error) as exc:
-            header = header or _ascii_header(raw)
-            error = exc if isinstance(exc, Hl7Error) else Hl7Error(
-                f"message {header.control_id if header else '?'}: not valid {self.settings.hl7_encoding}")
-            batch.append(self._dead_letter(raw, header, error))
-            pending.append(_Pending(inbound, header, "AR", "unsupported or malformed message"))
+        except UnicodeDecodeError:
+            header = _ascii_header(raw)
+            error = Hl7Error(f"message {header.control_id if header else '?'}: not valid {self.settings.hl7_encoding}")
+            self._reject(raw, inbound, header, error, AckError(DATA_TYPE_ERROR, str(error)), batch, pending)
+            return
+        except Hl7Error as exc:
+            condition = exc.condition if isinstance(exc, Rejected) else SEGMENT_SEQUENCE_ERROR  # no MSH, bad structure
+            self._reject(raw, inbound, header, exc, AckError(condition, str(exc)), batch, pending)
             return
         except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the intake
             header = header or _ascii_header(raw)
             error = _unexpected((header.control_id if header else "") or "?", exc)
             batch.append(self._dead_letter(raw, header, error))
-            pending.append(_Pending(inbound, header, "AE", "message could not be processed"))
+            pending.append(_Pending(inbound, header, "AE", AckError(APPLICATION_INTERNAL_ERROR, str(error))))
             return
+        if inbound is not None:
+            self.peers.accepted(inbound.peer_host)
         key = (message.sending_app, message.sending_facility, message.control_id)
         ids = self._sender_ids(message.sender)
         if key in self._inflight:  # re-sent while the original is not committed yet
@@ -213,7 +268,7 @@ class Hl7Source:
         except Exception as exc:  # noqa: BLE001 - one message's content must not fail the task
             error = exc if isinstance(exc, Hl7ContentError) else _unexpected(message.control_id, exc)
             batch.append(self._dead_letter(raw, header, error))
-            pending.append(_Pending(inbound, header, "AE", "message could not be processed"))
+            pending.append(_Pending(inbound, header, "AE", AckError(_content_condition(error), str(error))))
             return
         if self.topic_filter is not None:
             records = [r for r in records if self.topic_filter(r.topic)]
@@ -234,11 +289,45 @@ class Hl7Source:
             self._senders[sender] = ids
         return ids
 
-    def _dead_letter(self, raw: bytes, header: Header | None, error: BaseException) -> DeadLetter:
+    def _reject(self, raw: bytes, inbound: InboundMessage | None, header: Header | None, error: Hl7Error,
+                reason: AckError, batch: list[Record], pending: list[_Pending],
+                extra_headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """AR; dead-lettered unless the peer is over its limit of rejects in a row (then disconnected)."""
+        over = inbound is not None and self.peers.rejected(inbound.peer_host)
+        if not over:
+            batch.append(self._dead_letter(raw, header, error, extra_headers))
+        pending.append(_Pending(inbound, header, "AR", reason, close=over))
+
+    def _refuse_too_large(self, raw: bytes, size: int, inbound: InboundMessage | None, archived: str | None,
+                          batch: list[Record], pending: list[_Pending]) -> None:
+        """The dead letter is the MSH segment and headers saying what happened: the body would not fit."""
+        head = raw[:HEAD_BYTES]  # a large message is not decoded or split as a whole for its MSH
+        header = _ascii_header(head)
+        control_id = (header.control_id if header else "") or "?"
+        error = MessageTooLarge(f"message {control_id}: {size} bytes, more than the {self.max_message_bytes} "
+                                "bytes accepted", APPLICATION_INTERNAL_ERROR)
+        facts = [("lis.refused", b"too-large"), ("lis.message_bytes", str(size).encode()),
+                 ("lis.limit_bytes", str(self.max_message_bytes).encode())]
+        if header is not None:
+            facts.append(("lis.sender", f"{header.sending_app}|{header.sending_facility}".encode()))
+        if inbound is not None:
+            facts.append(("lis.peer", inbound.peer.encode()))
+        if archived is not None:
+            facts.append(("lis.archive", archived.encode()))
+        log.warning("HL7 message %s from %s: %d bytes, over the limit of %d: refused (AR), %s", control_id,
+                    inbound.peer if inbound else "the archive", size, self.max_message_bytes,
+                    f"archived at {archived}" if archived else "not archived")
+        msh = head.split(b"\r", 1)[0].split(b"\n", 1)[0] if header is not None else b""
+        self._reject(msh, inbound, header, error, AckError(APPLICATION_INTERNAL_ERROR, str(error)), batch, pending,
+                     facts)
+
+    def _dead_letter(self, raw: bytes, header: Header | None, error: BaseException,
+                     extra_headers: Sequence[tuple[str, bytes]] = ()) -> DeadLetter:
         control_id = header.control_id.encode() if header and header.control_id else None
         headers = list(self.headers)
         if control_id:
             headers.append(("lis.message_id", control_id))
+        headers.extend(extra_headers)
         return DeadLetter(payload=raw, error=error, key=control_id, headers=headers)
 
     # -- ACKs ------------------------------------------------------------------------------------------
@@ -250,7 +339,7 @@ class Hl7Source:
         if origin is None:
             return
         item, ids, offset, control_id = origin
-        item.code, item.text = "AE", "message could not be stored completely"
+        item.code, item.error = "AE", AckError(APPLICATION_INTERNAL_ERROR, "message could not be stored completely")
         if record.topic == self.settings.patients_topic and record.key:
             self.mapper.forget_contact(record.key)
         ids.forget(control_id)
@@ -282,10 +371,12 @@ class Hl7Source:
         for item in pending:
             if item.key is not None:
                 self._inflight.pop(item.key, None)
-            code, text = (item.code, item.text) if committed else ("AE", "not stored, send again")
-            ack = build_ack(item.header, code, text).encode(self.settings.hl7_encoding, "replace")
-            for inbound in ([item.inbound] if item.inbound else []) + item.waiters:
-                inbound.reply(ack)
+            code, error = (item.code, item.error) if committed else ("AE", _NOT_STORED)
+            ack = build_ack(item.header, code, error).encode(self.settings.hl7_encoding, "replace")
+            if item.inbound is not None:
+                item.inbound.reply(ack, close=item.close)
+            for waiter in item.waiters:
+                waiter.reply(ack)
 
     # -- replay ----------------------------------------------------------------------------------------
     def _poll_archive(self) -> Sequence[Record]:
@@ -298,7 +389,7 @@ class Hl7Source:
         for archived in self._replay_iter:
             self._replay_read += len(archived.raw) + 32
             before = len(batch)
-            self._process(archived.raw, None, batch, pending, touched)
+            self._process(archived.raw, None, batch, pending, touched, f"{archived.file}@{archived.pos}")
             # Every record of the batch carries the archive position after the batch (filled in below).
             batch[before:] = [r if isinstance(r, DeadLetter) else _rebase(r, self._replay_partition, offset)
                               for r in batch[before:]]
@@ -324,6 +415,28 @@ def _ascii_header(raw: bytes) -> Header | None:
         return read_header(raw.decode("latin-1"))
     except Hl7Error:
         return None
+
+
+def _check_supported(header: Header) -> None:
+    """Only ORU^R01 with a control id is taken; the reason goes into the AR's ERR segment."""
+    if not header.control_id:
+        raise Rejected("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING)
+    if header.message_type != "ORU^R01":
+        condition = UNSUPPORTED_EVENT_CODE if header.message_type.startswith("ORU^") else UNSUPPORTED_MESSAGE_TYPE
+        raise Rejected(f"message {header.control_id}: unsupported message type {header.message_type or '<empty>'}",
+                       condition)
+
+
+def _content_condition(error: BaseException) -> tuple[int, str]:
+    """The table 0357 code of a mapping error, from its (PHI-free) text, which names the field."""
+    text = str(error)
+    if "unsupported result status" in text:
+        return TABLE_VALUE_NOT_FOUND
+    if " time" in text:
+        return DATA_TYPE_ERROR
+    if " has no " in text:
+        return REQUIRED_FIELD_MISSING
+    return APPLICATION_INTERNAL_ERROR
 
 
 def _unexpected(control_id: str, error: Exception) -> Hl7ContentError:

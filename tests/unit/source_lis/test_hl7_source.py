@@ -270,8 +270,9 @@ def test_undecodable_message_gets_an_ar_that_names_its_control_id(live) -> None:
     step_until_batch(runtime)
     while b"\x1c\x0d" not in s.buffer:
         s.buffer += sock.recv(65536)
-    msh, msa = s.buffer.split(b"\x1c\x0d")[0].lstrip(b"\x0b").decode().strip("\r").split("\r")
+    msh, msa, err = s.buffer.split(b"\x1c\x0d")[0].lstrip(b"\x0b").decode().strip("\r").split("\r")
     assert msa.split("|")[:3] == ["MSA", "AR", "ENC1"]
+    assert err.split("|")[3:5] == ["102^Data type error^HL70357", "E"]
     assert msh.split("|")[2:6] == ["LABCONNECT", "DRDANG", "LIS", "MAINLAB"]
     assert runtime.dead[0].key == b"ENC1" and "ENC1" in str(runtime.dead[0].error)
     s.close()

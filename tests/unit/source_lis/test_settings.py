@@ -48,3 +48,24 @@ def test_mode_specific_requirements(env: dict[str, str], fragment: str) -> None:
 def test_hl7_mode_defaults() -> None:
     settings = load_settings(LisSettings, {"LIS_MODE": "hl7-mllp"})
     assert (settings.mllp_host, settings.mllp_port, settings.hl7_encoding) == ("127.0.0.1", 2575, "utf-8")
+
+
+def test_the_mllp_frame_cap_defaults_to_what_the_producer_can_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(LisSettings, {"LIS_MODE": "hl7-mllp"})
+    assert settings.kafka_message_limit() == settings.mllp_frame_cap() == 1_000_000 - 16 * 1024
+    assert (settings.mllp_read_timeout_ms, settings.mllp_idle_timeout_ms, settings.mllp_max_connections,
+            settings.mllp_peer_max_rejects) == (60_000, 600_000, 100, 20)
+    monkeypatch.setenv("KAFKA_MESSAGE_MAX_BYTES", "4000000")  # the producer's message.max.bytes
+    assert settings.mllp_frame_cap() == 4_000_000 - 16 * 1024
+    raised = load_settings(LisSettings, {"LIS_MODE": "hl7-mllp", "MLLP_MAX_MESSAGE_BYTES": "16777216"})
+    assert raised.mllp_frame_cap() == 16_777_216 and raised.kafka_message_limit() == 4_000_000 - 16 * 1024
+
+
+def test_every_bad_mllp_limit_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(LisSettings, {"LIS_MODE": "hl7-mllp", "MLLP_MAX_MESSAGE_BYTES": "10", "MLLP_READ_TIMEOUT_MS": "x",
+                                    "MLLP_IDLE_TIMEOUT_MS": "0", "MLLP_MAX_CONNECTIONS": "0",
+                                    "MLLP_PEER_MAX_REJECTS": "-1"})
+    for var in ("MLLP_MAX_MESSAGE_BYTES", "MLLP_READ_TIMEOUT_MS", "MLLP_IDLE_TIMEOUT_MS", "MLLP_MAX_CONNECTIONS",
+                "MLLP_PEER_MAX_REJECTS"):
+        assert var in str(info.value)
