@@ -1,4 +1,5 @@
-"""HL7 ACKs: MSA with the acknowledgment code, and an ERR segment for every AE and AR.
+"""HL7 ACKs: MSA with the acknowledgment code, and an ERR segment for every AE and AR;
+and why a message is rejected (:class:`Rejected`, with its table 0357 code).
 
 The ACK's MSH-9 echoes the trigger event it answers (``ACK^A01^ACK`` for an ADT^A01),
 so a sender's engine can route it. ERR carries the HL7 error code (table 0357), the
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from connectors.source_lis.hl7_parser import Header
+from connectors.source_lis.hl7_parser import Header, Hl7Error
 
 # HL7 table 0357, message error condition codes (the ones this connector answers with).
 SEGMENT_SEQUENCE_ERROR = (100, "Segment sequence error")
@@ -25,6 +26,43 @@ APPLICATION_INTERNAL_ERROR = (207, "Application internal error")
 
 _NO_HEADER = Header("|", "^~\\&", "", "", "", "", "", "", "2.5.1")
 _TEXT_MAX = 200
+
+
+class Rejected(Hl7Error):
+    """Not a message this connector takes: AR, with ``condition`` (HL7 table 0357) in the ERR segment."""
+
+    def __init__(self, text: str, condition: tuple[int, str]) -> None:
+        super().__init__(text)
+        self.condition = condition
+
+
+class MessageTooLarge(Rejected):
+    """Larger than a Kafka record can carry (dead-lettered without its body)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, APPLICATION_INTERNAL_ERROR)
+
+
+def check_supported(header: Header) -> None:
+    """Only ORU^R01 with a control id is taken; raises :class:`Rejected` naming why."""
+    if not header.control_id:
+        raise Rejected("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING)
+    if header.message_type != "ORU^R01":
+        condition = UNSUPPORTED_EVENT_CODE if header.message_type.startswith("ORU^") else UNSUPPORTED_MESSAGE_TYPE
+        raise Rejected(f"message {header.control_id}: unsupported message type {header.message_type or '<empty>'}",
+                       condition)
+
+
+def content_condition(error: BaseException) -> tuple[int, str]:
+    """The table 0357 code of a mapping error (AE), from its PHI-free text, which names the field."""
+    text = str(error)
+    if "unsupported result status" in text:
+        return TABLE_VALUE_NOT_FOUND
+    if " time" in text:
+        return DATA_TYPE_ERROR
+    if " has no " in text:
+        return REQUIRED_FIELD_MISSING
+    return APPLICATION_INTERNAL_ERROR
 
 
 @dataclass(frozen=True)

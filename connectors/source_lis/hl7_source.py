@@ -42,13 +42,13 @@ from connectors.source_lis.archive import ArchiveReader, ArchiveWriter
 from connectors.source_lis.hl7_ack import (
     APPLICATION_INTERNAL_ERROR,
     DATA_TYPE_ERROR,
-    REQUIRED_FIELD_MISSING,
     SEGMENT_SEQUENCE_ERROR,
-    TABLE_VALUE_NOT_FOUND,
-    UNSUPPORTED_EVENT_CODE,
-    UNSUPPORTED_MESSAGE_TYPE,
     AckError,
+    MessageTooLarge,
+    Rejected,
     build_ack,
+    check_supported,
+    content_condition,
 )
 from connectors.source_lis.hl7_mapping import Hl7ContentError, Hl7Mapper
 from connectors.source_lis.hl7_parser import Header, Hl7Error, parse_oru, read_header
@@ -61,18 +61,6 @@ from connectors.source_lis.window import ReplayWindow
 log = logging.getLogger(__name__)
 Record = SourceRecord | DeadLetter
 _NOT_STORED = AckError(APPLICATION_INTERNAL_ERROR, "not stored, send again")
-
-
-class Rejected(Hl7Error):
-    """Not a message this connector takes: AR, with ``condition`` (HL7 table 0357) in the ERR segment."""
-
-    def __init__(self, text: str, condition: tuple[int, str]) -> None:
-        super().__init__(text)
-        self.condition = condition
-
-
-class MessageTooLarge(Rejected):
-    """Larger than a Kafka record can carry (dead-lettered without its body)."""
 
 
 class _SenderIds:
@@ -231,7 +219,7 @@ class Hl7Source:
         try:
             text = raw.decode(self.settings.hl7_encoding)
             header = read_header(text)
-            _check_supported(header)
+            check_supported(header)
             message = parse_oru(text)
         except UnicodeDecodeError:
             header = _ascii_header(raw)
@@ -268,7 +256,7 @@ class Hl7Source:
         except Exception as exc:  # noqa: BLE001 - one message's content must not fail the task
             error = exc if isinstance(exc, Hl7ContentError) else _unexpected(message.control_id, exc)
             batch.append(self._dead_letter(raw, header, error))
-            pending.append(_Pending(inbound, header, "AE", AckError(_content_condition(error), str(error))))
+            pending.append(_Pending(inbound, header, "AE", AckError(content_condition(error), str(error))))
             return
         if self.topic_filter is not None:
             records = [r for r in records if self.topic_filter(r.topic)]
@@ -305,7 +293,7 @@ class Hl7Source:
         header = _ascii_header(head)
         control_id = (header.control_id if header else "") or "?"
         error = MessageTooLarge(f"message {control_id}: {size} bytes, more than the {self.max_message_bytes} "
-                                "bytes accepted", APPLICATION_INTERNAL_ERROR)
+                                "bytes accepted")
         facts = [("lis.refused", b"too-large"), ("lis.message_bytes", str(size).encode()),
                  ("lis.limit_bytes", str(self.max_message_bytes).encode())]
         if header is not None:
@@ -415,28 +403,6 @@ def _ascii_header(raw: bytes) -> Header | None:
         return read_header(raw.decode("latin-1"))
     except Hl7Error:
         return None
-
-
-def _check_supported(header: Header) -> None:
-    """Only ORU^R01 with a control id is taken; the reason goes into the AR's ERR segment."""
-    if not header.control_id:
-        raise Rejected("MSH-10 message control id is empty", REQUIRED_FIELD_MISSING)
-    if header.message_type != "ORU^R01":
-        condition = UNSUPPORTED_EVENT_CODE if header.message_type.startswith("ORU^") else UNSUPPORTED_MESSAGE_TYPE
-        raise Rejected(f"message {header.control_id}: unsupported message type {header.message_type or '<empty>'}",
-                       condition)
-
-
-def _content_condition(error: BaseException) -> tuple[int, str]:
-    """The table 0357 code of a mapping error, from its (PHI-free) text, which names the field."""
-    text = str(error)
-    if "unsupported result status" in text:
-        return TABLE_VALUE_NOT_FOUND
-    if " time" in text:
-        return DATA_TYPE_ERROR
-    if " has no " in text:
-        return REQUIRED_FIELD_MISSING
-    return APPLICATION_INTERNAL_ERROR
 
 
 def _unexpected(control_id: str, error: Exception) -> Hl7ContentError:

@@ -265,8 +265,11 @@ class MllpServer:
                     data = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 if conn.framer.in_frame:
-                    log.warning("MLLP: no end block from %s within %.0f s of the frame's start (%d bytes): closing",
-                                conn.peer, limits.read_timeout_s, conn.framer.partial_bytes)
+                    skipped = self._throttle("timeout " + conn.peer.rsplit(":", 1)[0])
+                    if skipped is not None:
+                        log.warning("MLLP: no end block from %s within %.0f s of the frame's start (%d bytes): "
+                                    "closing (%d more from that address since the last such line)", conn.peer,
+                                    limits.read_timeout_s, conn.framer.partial_bytes, skipped)
                     return
                 if conn.unacked:  # ACKs are owed: the task is still at work, this is no idle sender
                     conn.last_active = time.monotonic()
