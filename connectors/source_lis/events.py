@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 RESULT_SCHEMA = "com.drdangslab.events.LabResult"
@@ -117,11 +118,24 @@ def report_event(*, event_id: str, status: str, timestamp: int, version: int, pa
     }
 
 
+# PatientContact fields a source may leave out of an update (``unknown_fields``).
+CONTACT_FIELDS = ("phone", "email")
+
+
 def patient_event(*, patient_id: str, timestamp: int, phone: str | None, email: str | None, sms_consent: bool,
-                  email_consent: bool, time_zone: str, language: str, source: str) -> dict[str, Any]:
-    """A PatientContact value (schemas/patient.avsc): the only event with contact PHI."""
+                  email_consent: bool, time_zone: str, language: str, source: str,
+                  unknown_fields: Collection[str] = ()) -> dict[str, Any]:
+    """A PatientContact value (schemas/patient.avsc): the only event with contact PHI.
+
+    ``unknown_fields`` names the fields this update does not carry (consumers keep what they
+    had); a null ``phone``/``email`` that is not listed means the contact detail was removed.
+    """
+    unknown = [name for name in CONTACT_FIELDS if name in unknown_fields]
+    if len(unknown) != len(unknown_fields) or ("phone" in unknown and phone is not None) \
+            or ("email" in unknown and email is not None):
+        raise ValueError("unknown_fields lists only phone/email, and only when they are null")
     return {
         "patient_id": patient_id, "timestamp": timestamp, "phone": phone, "email": email,
         "sms_consent": sms_consent, "email_consent": email_consent, "time_zone": time_zone or "UTC",
-        "language": language or "en", "source_system": source,
+        "language": language or "en", "source_system": source, "unknown_fields": unknown,
     }

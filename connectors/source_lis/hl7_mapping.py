@@ -23,6 +23,10 @@ from connectors.source_lis import events
 from connectors.source_lis.hl7_parser import Hl7Patient, OruMessage, parse_ts
 
 
+# In the "contact already sent" cache: a phone or e-mail no message has told us yet.
+_UNKNOWN = object()
+
+
 class Hl7ContentError(PermanentError):
     """A well-formed ORU^R01 whose content cannot be mapped (answer AE; message names MSH-10 only)."""
 
@@ -60,6 +64,12 @@ class Hl7Mapper:
                 return ident.value
         return None
 
+    def _id_setting(self) -> str:
+        """Which setting picks the patient id, and its value (names no patient data)."""
+        if self.patient_id_system is not None:
+            return f"assigning authority {self.patient_id_system} (PATIENT_ID_SYSTEM)"
+        return f"type {self.patient_id_type} (PATIENT_ID_TYPE; PATIENT_ID_SYSTEM unset)"
+
     def map(self, msg: OruMessage, partition: dict[str, Any], offset: dict[str, Any],
             headers: list[tuple[str, bytes]]) -> list[SourceRecord]:
         where = f"message {msg.control_id}"
@@ -70,8 +80,8 @@ class Hl7Mapper:
         for index, order in enumerate(msg.orders, 1):
             patient_id = self.patient_id(order.patient)
             if not patient_id:
-                raise Hl7ContentError(f"{where}: OBR {index} has no patient with a PID-3 identifier "
-                                      "of the configured type/authority")
+                raise Hl7ContentError(f"{where}: OBR {index} has no patient with a PID-3 identifier of "
+                                      f"{self._id_setting()}")
             if self.emit_contacts:
                 contact = self._contact(order.patient, patient_id, message_ms or 0, contacts, partition, offset,
                                         headers)
@@ -95,18 +105,28 @@ class Hl7Mapper:
                     raise Hl7ContentError(f"{where}: OBX {obs.set_id} has an unsupported result status (OBX-11)")
                 if not obs.code:
                     raise Hl7ContentError(f"{where}: OBX {obs.set_id} has no observation id (OBX-3)")
-                if obs.flag in events.CRITICAL_FLAGS:
+                value, unit, flag = obs.value, obs.unit, obs.flag
+                metadata: dict[str, str] = {}
+                if obs_status == "entered-in-error":
+                    # A wrong value (OBX-11 W: of another patient, say) must not travel on.
+                    value, unit, flag = "", None, None
+                else:
+                    metadata["value_type"] = obs.value_type
+                    if obs.value_code:
+                        metadata["value_code"] = obs.value_code
+                        if obs.value_system:
+                            metadata["value_system"] = obs.value_system
+                if flag in events.CRITICAL_FLAGS:
                     critical = True
-                metadata = {"value_type": obs.value_type}
                 if obs.notes:
                     metadata["note"] = "\n".join(obs.notes)
                 value = events.result_event(
                     event_id=events.result_event_id(source, accession, obs.code, obs.sub_id,
                                                     f"{obs.status}@{changed_text}"),
                     status=obs_status, timestamp=changed, version=events.STATUS_RANK[obs_status],
-                    patient_id=patient_id, code=obs.code, name=obs.name or obs.code, value=obs.value,
-                    unit=obs.unit, reference_range=obs.reference_range, metadata=metadata, accession=accession,
-                    loinc=obs.code if obs.coding_system == "LN" else None, flag=obs.flag, raw_status=obs.status,
+                    patient_id=patient_id, code=obs.code, name=obs.name or obs.code, value=value,
+                    unit=unit, reference_range=obs.reference_range, metadata=metadata, accession=accession,
+                    loinc=obs.code if obs.coding_system == "LN" else None, flag=flag, raw_status=obs.status,
                     report_status=status, observed=parse_ts(obs.observed, self.zone) or observed, source=source,
                     message_id=msg.control_id,
                 )
@@ -139,16 +159,28 @@ class Hl7Mapper:
     def _contact(self, patient: Hl7Patient, patient_id: str, timestamp: int, pending: dict[str, tuple[Any, ...]],
                  partition: dict[str, Any], offset: dict[str, Any],
                  headers: list[tuple[str, bytes]]) -> SourceRecord | None:
-        mobile = next((p[0] for p in patient.phones if p[2] == "CP"), None)
-        phone = mobile or (patient.phones[0][0] if patient.phones else None)
-        email = patient.emails[0] if patient.emails else None
-        details = (phone, email, patient.sms_consent, patient.email_consent, patient.time_zone, patient.language)
-        # HL7 has no patient version: send a contact only when it changed (the topic is compacted anyway).
-        if pending.get(patient_id, self._contacts.get(patient_id)) == details:
+        phone = email = None
+        if patient.carries_phone:
+            mobile = next((p[0] for p in patient.phones if p[2] == "CP"), None)
+            phone = mobile or (patient.phones[0][0] if patient.phones else None)
+        if patient.carries_email:
+            email = patient.emails[0] if patient.emails else None
+        unknown = [name for name, carried in (("phone", patient.carries_phone), ("email", patient.carries_email))
+                   if not carried]
+        time_zone, language = patient.time_zone or "UTC", patient.language or "en"
+        # HL7 has no patient version: send a contact only when what consumers hold would change
+        # (the topic is compacted anyway). A field the message does not carry stays as it was.
+        previous = pending.get(patient_id, self._contacts.get(patient_id))
+        held = (phone if patient.carries_phone else (previous[0] if previous else _UNKNOWN),
+                email if patient.carries_email else (previous[1] if previous else _UNKNOWN),
+                patient.sms_consent, patient.email_consent, time_zone, language)
+        if held == previous:
             return None
-        pending[patient_id] = details
+        pending[patient_id] = held
+        # Consent and time zone come from the site's ZPC segment: without one they are false / UTC,
+        # as the message states them (HL7 has no standard place for them; consent is never assumed).
         value = events.patient_event(patient_id=patient_id, timestamp=timestamp, phone=phone, email=email,
                                      sms_consent=patient.sms_consent, email_consent=patient.email_consent,
-                                     time_zone=patient.time_zone or "UTC", language=patient.language or "en",
-                                     source=self.source)
+                                     time_zone=time_zone, language=language, source=self.source,
+                                     unknown_fields=unknown)
         return SourceRecord(self.patients_topic, patient_id, value, events.PATIENT_SCHEMA, partition, offset, headers)

@@ -33,11 +33,19 @@ class Identifier:
     type_code: str
 
 
+# HL7's explicit null: "the value is deleted", unlike an empty field ("not sent").
+HL7_DELETE = '""'
+
+
 @dataclass
 class Hl7Patient:
     identifiers: list[Identifier]
     phones: list[tuple[str, str, str]] = field(default_factory=list)  # (number, use code, equipment type)
     emails: list[str] = field(default_factory=list)
+    # Whether PID-13/14 said anything about a phone / an e-mail: a number or address, or an
+    # explicit delete (""). Absent or empty fields carry nothing: the receiver keeps what it had.
+    carries_phone: bool = False
+    carries_email: bool = False
     language: str = ""
     # From the site's ZPC segment: consent and time zone are not in standard PID.
     sms_consent: bool = False
@@ -60,6 +68,8 @@ class Hl7Observation:
     status: str
     observed: str
     notes: list[str] = field(default_factory=list)
+    value_code: str = ""  # of a coded value (CWE and kin): OBX-5.1 and its coding system OBX-5.3
+    value_system: str = ""
 
 
 @dataclass
@@ -251,18 +261,54 @@ def _patient(seg: _Segment) -> Hl7Patient:
         identifiers.append(Identifier(seg.comp(3, 1, rep), hd[0], hd[1] if len(hd) > 1 else "",
                                       seg.comp(3, 5, rep)))
     patient = Hl7Patient(identifiers, language=seg.comp(15, 1))
+    phone_deleted = email_deleted = False
     for n in (13, 14):
         for rep in seg.reps(n):
+            if rep == HL7_DELETE:  # the whole field (or repetition) deleted: its phones and e-mails
+                phone_deleted = email_deleted = True
+                continue
             use, equipment = seg.comp(n, 2, rep), seg.comp(n, 3, rep)
-            email = seg.comp(n, 4, rep)
             if equipment.lower() == "internet" or use == "NET":
-                if email:
+                email = seg.comp(n, 4, rep)
+                if email == HL7_DELETE:
+                    email_deleted = True
+                elif email:
                     patient.emails.append(email)
                 continue
-            number = seg.comp(n, 12, rep) or seg.comp(n, 1, rep)
-            if number:
+            number = _xtn_number(seg, n, rep)
+            if number == HL7_DELETE:
+                phone_deleted = True
+            elif number:
                 patient.phones.append((number, use, equipment))
+    patient.carries_phone = bool(patient.phones) or phone_deleted
+    patient.carries_email = bool(patient.emails) or email_deleted
     return patient
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def _xtn_number(seg: _Segment, n: int, rep: str) -> str:
+    """The phone number of one XTN: XTN-12 (unformatted), else the components (country code
+    XTN-5, area XTN-6, local number XTN-7) as ``+<cc><area><local>`` (no ``+`` without a
+    country code), else the deprecated XTN-1; an extension (XTN-8) as RFC 3966 ``;ext=``.
+    ``HL7_DELETE`` when the number is explicitly deleted, "" when there is none."""
+    unformatted, legacy, local = seg.comp(n, 12, rep), seg.comp(n, 1, rep), seg.comp(n, 7, rep)
+    number = unformatted if unformatted != HL7_DELETE else ""
+    if not number and _digits(local):
+        number = _digits(seg.comp(n, 6, rep)) + _digits(local)
+        country = _digits(seg.comp(n, 5, rep)).lstrip("0")
+        if country:
+            number = f"+{country}{number}"
+    if not number and legacy != HL7_DELETE:
+        number = legacy
+    if not number:
+        return HL7_DELETE if HL7_DELETE in (unformatted, local, legacy) else ""
+    extension = _digits(seg.comp(n, 8, rep))
+    if extension and ";ext=" not in number:
+        number += f";ext={extension}"
+    return number
 
 
 def _order(seg: _Segment, patient: Hl7Patient) -> Hl7Order:
@@ -273,10 +319,12 @@ def _order(seg: _Segment, patient: Hl7Patient) -> Hl7Order:
 
 def _observation(seg: _Segment) -> Hl7Observation:
     value_type = seg.comp(2)
+    value_code = value_system = ""
     if value_type == "SN":  # structured numeric: comparator^num1^separator^num2 -> "<5", "1:128"
         value = "".join(seg.codec.unescape(c, seg.sep) for c in seg.raw(5).split(seg.codec.comp))
     elif value_type in ("CWE", "CE", "CNE", "CF"):
-        value = seg.comp(5, 2) or seg.comp(5, 1)
+        value_code, value_system = seg.comp(5, 1), seg.comp(5, 3)
+        value = seg.comp(5, 2) or value_code
     elif value_type == "ED":
         value = "[encapsulated data]"  # documents travel elsewhere; an event carries no blobs
     else:
@@ -285,7 +333,7 @@ def _observation(seg: _Segment) -> Hl7Observation:
         set_id=seg.comp(1), value_type=value_type, code=seg.comp(3, 1), name=seg.comp(3, 2),
         coding_system=seg.comp(3, 3), sub_id=seg.comp(4), value=value, unit=seg.comp(6, 1) or None,
         reference_range=seg.comp(7) or None, flag=seg.comp(8) or None, status=seg.comp(11),
-        observed=seg.comp(14),
+        observed=seg.comp(14), value_code=value_code, value_system=value_system,
     )
 
 

@@ -75,7 +75,22 @@ def test_event_dicts_match_the_avro_schemas() -> None:
                                  accession="a", code="c", name="n", result_count=1, critical=True,
                                  ordering_provider=None, observed=None, source="lis", message_id="m", metadata={})
     patient = events.patient_event(patient_id="p", timestamp=1, phone=None, email=None, sms_consent=False,
-                                   email_consent=False, time_zone="UTC", language="en", source="lis")
+                                   email_consent=False, time_zone="UTC", language="en", source="lis",
+                                   unknown_fields=["phone"])
     for name, value in (("lab_result", result), ("lab_report", report), ("patient", patient)):
         schema = fastavro.parse_schema(json.loads((root / f"{name}.avsc").read_text()))
         assert fastavro.validate(value, schema, raise_errors=True)
+
+
+def test_unknown_fields_name_only_null_contact_fields() -> None:
+    import pytest
+
+    common = dict(patient_id="p", timestamp=1, sms_consent=False, email_consent=False, time_zone="UTC",
+                  language="en", source="lis")
+    value = events.patient_event(phone=None, email=None, unknown_fields=("email", "phone"), **common)
+    assert value["unknown_fields"] == ["phone", "email"]
+    assert events.patient_event(phone=None, email=None, unknown_fields=(), **common)["unknown_fields"] == []
+    with pytest.raises(ValueError):
+        events.patient_event(phone="+15550001111", email=None, unknown_fields=["phone"], **common)
+    with pytest.raises(ValueError):
+        events.patient_event(phone=None, email=None, unknown_fields=["sms_consent"], **common)

@@ -133,3 +133,85 @@ def test_contact_of_a_dead_lettered_message_is_sent_with_the_next_good_one() -> 
 
 def test_contacts_can_be_left_out() -> None:
     assert "patients" not in {r.topic for r in records(oru(), mapper(emit_contacts=False))}
+
+
+PHONE, EMAIL = "^PRN^CP^^^^^^^^^+15550001111", "^NET^Internet^chloe@example.org"
+
+
+def contact_message(control_id: str, pid13: str, *, zpc: str = "ZPC|1|Y|N|America/Chicago") -> str:
+    """oru() with PID-13 (PID-14 empty) and the ZPC segment replaced."""
+    lines = oru(control_id).split("\r")
+    pid = lines[1].split("|")
+    pid[13] = pid13
+    lines[1], lines[2] = "|".join(pid), zpc
+    return "\r".join(lines)
+
+
+def contacts(text: str, m: Hl7Mapper) -> list[dict]:
+    return [r.value for r in records(text, m) if r.topic == "patients"]
+
+
+def test_a_message_without_pid13_and_pid14_leaves_phone_and_email_unknown_not_removed() -> None:
+    [contact] = contacts(contact_message("N1", ""), mapper())
+    assert (contact["phone"], contact["email"], contact["unknown_fields"]) == (None, None, ["phone", "email"])
+
+
+def test_a_missing_field_changes_nothing_so_no_contact_is_sent() -> None:
+    m = mapper()
+    [first] = contacts(contact_message("M1", f"{PHONE}~{EMAIL}"), m)
+    assert (first["phone"], first["email"], first["unknown_fields"]) == ("+15550001111", "chloe@example.org", [])
+    assert contacts(contact_message("M2", ""), m) == []  # PID-13 absent: what consumers hold stays
+    assert contacts(contact_message("M3", PHONE), m) == []  # the phone again, the e-mail not carried
+    assert contacts(contact_message("M4", f"{PHONE}~{EMAIL}"), m) == []
+
+
+def test_a_change_beside_missing_fields_is_sent_with_them_listed_as_unknown() -> None:
+    m = mapper()
+    contacts(contact_message("C1", f"{PHONE}~{EMAIL}"), m)
+    [update] = contacts(contact_message("C2", "", zpc="ZPC|1|N|N|America/Chicago"), m)
+    assert (update["phone"], update["email"], update["sms_consent"], update["unknown_fields"]) == \
+        (None, None, False, ["phone", "email"])
+    [changed] = contacts(contact_message("C3", "^PRN^CP^^1^555^0002222"), m)  # a new number; e-mail not carried
+    assert (changed["phone"], changed["email"], changed["unknown_fields"]) == ("+15550002222", None, ["email"])
+
+
+def test_an_explicit_hl7_delete_removes_phone_and_email() -> None:
+    m = mapper()
+    contacts(contact_message("D1", f"{PHONE}~{EMAIL}"), m)
+    [removed] = contacts(contact_message("D2", '""'), m)
+    assert (removed["phone"], removed["email"], removed["unknown_fields"]) == (None, None, [])
+    [email_only] = contacts(contact_message("D3", f'{PHONE}~^NET^Internet^""'), m)
+    assert (email_only["phone"], email_only["email"], email_only["unknown_fields"]) == ("+15550001111", None, [])
+
+
+def test_a_repeated_pid_without_telecom_does_not_erase_the_contact_of_the_first() -> None:
+    lines = oru("REP1").split("\r")  # PID (with PID-13) OBR OBX ... then the same patient's PID again
+    second_pid = lines[1].split("|")
+    second_pid[13] = ""
+    text = "\r".join(lines[:11] + ["|".join(second_pid), lines[2]] + lines[11:])  # PID, its ZPC, ORC OBR OBX
+    out = records(text)
+    assert [r.value["phone"] for r in out if r.topic == "patients"] == ["+15550001111"]
+    assert [r.topic for r in out].count("lab-reports") == 2
+
+
+def test_entered_in_error_results_carry_no_value_unit_flag_or_critical() -> None:
+    out = records(oru("W1", obr25="C", obx11="W"))
+    results = [r.value for r in out if r.topic == "lab-results"]
+    assert {(r["result_value"], r["unit"], r["abnormal_flag"]) for r in results} == {("", None, None)}
+    assert all("value_type" not in r["metadata"] for r in results)
+    assert not any(r.value["critical"] for r in out if r.topic == "lab-reports")
+
+
+def test_value_type_and_coded_values_in_metadata() -> None:
+    text = oru().replace("OBX|1|NM|6690-2^WBC^LN||7.2|", "OBX|1|CWE|6690-2^WBC^LN||260385009^Negative^SCT|")
+    results = [r.value for r in records(text) if r.topic == "lab-results"]
+    assert results[0]["metadata"] == {"value_type": "CWE", "value_code": "260385009", "value_system": "SCT"}
+    assert results[0]["result_value"] == "Negative"
+    assert results[1]["metadata"]["value_type"] == "NM"
+
+
+def test_missing_patient_id_names_the_setting_to_check() -> None:
+    with pytest.raises(Hl7ContentError, match=r"type MR \(PATIENT_ID_TYPE"):
+        records(oru("C8", pid3="999-00-0000^^^SSA^SS"))
+    with pytest.raises(Hl7ContentError, match=r"assigning authority 9\.9\.9 \(PATIENT_ID_SYSTEM\)"):
+        records(oru("C9"), mapper(patient_id_system="9.9.9"))

@@ -112,3 +112,54 @@ def test_ack_without_a_readable_header_is_still_valid() -> None:
 ])
 def test_hl7_timestamps(text: str, ms: int | None) -> None:
     assert parse_ts(text) == ms
+
+
+def _pid(pid13: str, pid14: str = "") -> str:
+    """oru() with its PID-13/PID-14 replaced."""
+    lines = oru().split("\r")
+    pid = lines[1].split("|")
+    pid[13], pid[14] = pid13, pid14
+    lines[1] = "|".join(pid)
+    return "\r".join(lines)
+
+
+@pytest.mark.parametrize(("xtn", "number"), [
+    ("^PRN^CP^^1^555^0001111", "+15550001111"),  # XTN-5 country, XTN-6 area, XTN-7 local
+    ("^PRN^CP^^+1^(555)^000-1111", "+15550001111"),  # punctuation is dropped
+    ("^PRN^CP^^0049^30^1234567", "+49301234567"),  # an international prefix is not part of the code
+    ("^PRN^PH^^^555^0001111", "5550001111"),  # no country code: no "+", not made up
+    ("^WPN^PH^^1^555^0001111^42", "+15550001111;ext=42"),  # XTN-8 extension, RFC 3966
+    ("^PRN^CP^^1^555^0009999^^^^^+15550001111", "+15550001111"),  # XTN-12 first
+    ("(555)000-1111^PRN^PH", "(555)000-1111"),  # the deprecated XTN-1 when nothing else
+    ("(555)000-1111^WPN^PH^^^^^7", "(555)000-1111;ext=7"),
+])
+def test_xtn_phone_number_from_its_components(xtn: str, number: str) -> None:
+    patient = parse_oru(_pid(xtn)).orders[0].patient
+    assert [p[0] for p in patient.phones] == [number]
+    assert patient.carries_phone and not patient.carries_email
+
+
+def test_absent_telecom_fields_carry_nothing() -> None:
+    patient = parse_oru(_pid("", "")).orders[0].patient
+    assert (patient.phones, patient.emails, patient.carries_phone, patient.carries_email) == ([], [], False, False)
+    no_number = parse_oru(_pid("^PRN^CP")).orders[0].patient  # a use code without any number
+    assert (no_number.phones, no_number.carries_phone) == ([], False)
+
+
+@pytest.mark.parametrize(("pid13", "pid14", "phone", "email"), [
+    ('""', "", True, True),  # the whole field deleted: its phones and e-mails
+    ("", '""', True, True),
+    ('^PRN^CP^^^^""', "", True, False),  # the local number deleted
+    ('""^PRN^PH', "", True, False),
+    ('^NET^Internet^""', "", False, True),  # the e-mail address deleted
+])
+def test_explicit_hl7_delete_carries_a_removal(pid13: str, pid14: str, phone: bool, email: bool) -> None:
+    patient = parse_oru(_pid(pid13, pid14)).orders[0].patient
+    assert (patient.phones, patient.emails) == ([], [])
+    assert (patient.carries_phone, patient.carries_email) == (phone, email)
+
+
+def test_coded_value_keeps_its_code_and_coding_system() -> None:
+    text = oru().replace("OBX|1|NM|6690-2^WBC^LN||7.2|", "OBX|1|CWE|6690-2^WBC^LN||260385009^Negative^SCT|")
+    wbc = parse_oru(text).orders[0].observations[0]
+    assert (wbc.value, wbc.value_code, wbc.value_system) == ("Negative", "260385009", "SCT")
