@@ -124,7 +124,7 @@ CONTACT_FIELDS = ("phone", "email")
 
 def patient_event(*, patient_id: str, timestamp: int, phone: str | None, email: str | None, sms_consent: bool,
                   email_consent: bool, time_zone: str, language: str, source: str,
-                  unknown_fields: Collection[str] = ()) -> dict[str, Any]:
+                  unknown_fields: Collection[str]) -> dict[str, Any]:
     """A PatientContact value (schemas/patient.avsc): the only event with contact PHI.
 
     ``unknown_fields`` names the fields this update does not carry (consumers keep what they

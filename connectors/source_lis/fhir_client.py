@@ -31,6 +31,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 
 from common.errors import PermanentError, RetriableError
+from connectors.source_lis.fhir_shapes import kind
 
 try:  # orjson parses FHIR pages ~3x faster; the stdlib is the fallback
     from orjson import loads as json_loads
@@ -87,6 +88,8 @@ class FhirPage:
     included: dict[str, dict[str, Any]]
     offset: dict[str, Any]
     last_page: bool
+    # Entries that are not resources at all: (the entry as it came, what is wrong with it).
+    malformed: list[tuple[Any, str]] = field(default_factory=list)
 
 
 def make_http_client(*, base_url: str, timeout_s: float, token: str | None = None, username: str | None = None,
@@ -101,12 +104,17 @@ def make_http_client(*, base_url: str, timeout_s: float, token: str | None = Non
 
 
 class FhirPoller:
-    """Pages through changed DiagnosticReports (with their Observations and Patient)."""
+    """Pages through changed DiagnosticReports (with their Observations and Patient).
+
+    ``deadline_s`` bounds each request from connect to last byte: the client's timeouts bound
+    each connect and each read, and a server trickling bytes would pass those forever."""
 
     def __init__(self, *, base_url: str, client: httpx.Client, page_size: int, overlap_ms: int,
-                 cursor: FhirCursor, start_ms: int = 0, until_ms: int | None = None) -> None:
+                 cursor: FhirCursor, start_ms: int = 0, until_ms: int | None = None,
+                 deadline_s: float | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
+        self.deadline_s = deadline_s
         self.page_size = page_size
         self.overlap_ms = overlap_ms
         self.cursor = cursor
@@ -160,29 +168,47 @@ class FhirPoller:
         return self._accept(bundle)
 
     def _get(self, url: str) -> dict[str, Any] | None:
+        started = time.monotonic()
         try:
-            response = self.client.get(url)
-        except httpx.TransportError as exc:
+            with self.client.stream("GET", url) as response:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    retry_after = response.headers.get("Retry-After")
+                    delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+                    raise RetriableError(f"FHIR server answered {status}", retry_after=delay)
+                if status in (404, 410) and url is self._next_url:
+                    return None
+                if status in (401, 403):
+                    raise PermanentError(f"FHIR server refused the credentials ({status})")
+                if status != 200:
+                    raise PermanentError(f"FHIR search failed with HTTP {status}")
+                content = self._read(response, started)
+        except httpx.TimeoutException as exc:
+            raise RetriableError(f"FHIR request timed out: {type(exc).__name__} after {self.client.timeout.read:g}s "
+                                 "(FHIR_TIMEOUT_S)") from None
+        except httpx.ConnectError as exc:
             raise RetriableError(f"FHIR server unreachable: {type(exc).__name__}") from None
-        status = response.status_code
-        if status == 429 or status >= 500:
-            retry_after = response.headers.get("Retry-After")
-            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-            raise RetriableError(f"FHIR server answered {status}", retry_after=delay)
-        if status in (404, 410) and url is self._next_url:
-            return None
-        if status in (401, 403):
-            raise PermanentError(f"FHIR server refused the credentials ({status})")
-        if status != 200:
-            raise PermanentError(f"FHIR search failed with HTTP {status}")
+        except httpx.TransportError as exc:
+            raise RetriableError(f"FHIR request failed: {type(exc).__name__}") from None
         try:
-            bundle = json_loads(response.content)
+            bundle = json_loads(content)
         except ValueError:
             # A truncated transfer is the usual cause; skipping a page would lose reports.
             raise RetriableError("FHIR search page is not valid JSON") from None
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise RetriableError("FHIR search answered something other than a Bundle")
         return bundle
+
+    def _read(self, response: httpx.Response, started: float) -> bytes:
+        """The body, checked against the deadline as it arrives."""
+        deadline = self.deadline_s
+        chunks: list[bytes] = []
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            if deadline is not None and time.monotonic() - started > deadline:
+                raise RetriableError(f"FHIR request timed out: the page was not complete after {deadline:g}s "
+                                     "(FHIR_REQUEST_DEADLINE_S)")
+        return b"".join(chunks)
 
     def _accept(self, bundle: dict[str, Any]) -> FhirPage:
         cursor = self.cursor
@@ -191,24 +217,32 @@ class FhirPoller:
         bound = self._search_time_ms
         reports: list[dict[str, Any]] = []
         included: dict[str, dict[str, Any]] = {}
-        for entry in bundle.get("entry") or ():
-            resource = entry.get("resource")
-            if not isinstance(resource, dict):
+        malformed: list[tuple[Any, str]] = []
+        entries = bundle.get("entry") or ()
+        if type(entries) is not list and entries != ():
+            raise RetriableError(f"FHIR search page is malformed: Bundle.entry is {kind(entries)}, expected an array")
+        for index, entry in enumerate(entries):
+            resource = entry.get("resource") if type(entry) is dict else None
+            if type(resource) is not dict:
+                where = f"Bundle.entry[{index}]" + (".resource" if type(entry) is dict else "")
+                malformed.append((entry, f"{where} is {kind(resource if type(entry) is dict else entry)}, "
+                                         "expected an object"))
                 continue
             rtype = resource.get("resourceType")
             rid = resource.get("id")
             if rtype != "DiagnosticReport":
                 included[f"{rtype}/{rid}"] = resource
                 continue
-            meta = resource.get("meta") or {}
-            version = str(meta.get("versionId", "1"))
+            meta = resource.get("meta")
             try:
+                raw_version = meta.get("versionId") or "1"
                 updated = parse_instant(meta["lastUpdated"])
-            except (KeyError, TypeError, ValueError):
-                updated = None
-            if updated is None or not rid:
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raw_version, updated = None, None
+            if updated is None or type(rid) is not str or not rid or type(raw_version) not in (str, int):
                 reports.append(resource)  # the mapper dead-letters it; it cannot move the cursor
                 continue
+            version = str(raw_version)
             previous = seen.get(rid)
             if previous is not None and previous[0] == version:
                 continue
@@ -224,10 +258,19 @@ class FhirPoller:
             cursor.seen = seen = {k: v for k, v in seen.items() if v[1] >= cutoff}
         cursor.high_ms, cursor.high_id = high_ms, high_id
         self._next_url = self._next_link(bundle)
-        return FhirPage(reports, included, cursor.to_offset(), self._next_url is None)
+        return FhirPage(reports, included, cursor.to_offset(), self._next_url is None, malformed)
 
     def _next_link(self, bundle: dict[str, Any]) -> str | None:
-        for link in bundle.get("link") or ():
+        links = bundle.get("link") or ()
+        if type(links) is not list and links != ():
+            raise RetriableError(f"FHIR search page is malformed: Bundle.link is {kind(links)}, expected an array")
+        for index, link in enumerate(links):
+            if type(link) is not dict or (link.get("url") is not None and type(link["url"]) is not str):
+                # Without the next link the rest of the search would be skipped until the next one.
+                what = f"link[{index}]" + (".url" if type(link) is dict else "")
+                found = link["url"] if type(link) is dict else link
+                raise RetriableError(f"FHIR search page is malformed: Bundle.{what} is {kind(found)}, "
+                                     f"expected {'a string' if type(link) is dict else 'an object'}")
             if link.get("relation") == "next" and link.get("url"):
                 url = urljoin(self.base_url + "/", link["url"])
                 if urlsplit(url)[:2] != self._origin:

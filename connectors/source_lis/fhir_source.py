@@ -68,7 +68,8 @@ class FhirSource:
         self.poller = FhirPoller(base_url=self.settings.fhir_base_url, client=self.client,
                                  page_size=self.settings.fhir_page_size,
                                  overlap_ms=int(self.settings.fhir_overlap_seconds * 1000),
-                                 cursor=FhirCursor.from_offset(offset), start_ms=start_ms, until_ms=until_ms)
+                                 cursor=FhirCursor.from_offset(offset), start_ms=start_ms, until_ms=until_ms,
+                                 deadline_s=self.settings.fhir_request_deadline_s)
 
     def poll(self) -> Sequence[SourceRecord | DeadLetter]:
         poller = self.poller

@@ -33,7 +33,7 @@ class LisSettings(SourceSettings):
     fhir_overlap_seconds: float = Field(300.0, ge=0, description="re-read window for late commits and clock skew")
     fhir_poll_interval_ms: int = Field(5000, ge=0, description="pause after the last page of a poll")
     fhir_timeout_s: float = Field(30.0, gt=0, description="connect/read timeout per request")
-    fhir_request_deadline_s: float = Field(60.0, gt=0, description="a request not complete (last byte) by then is retried")
+    fhir_request_deadline_s: float = Field(60.0, gt=0, description="deadline per request, connect to last byte")
     fhir_start_time: str | None = Field(None, description="ISO instant to start from when there is no offset")
 
     mllp_host: str = Field("127.0.0.1", description="listen address")
