@@ -2,9 +2,9 @@
 
 A peer (the sender's IP address, whatever its port) whose rejected messages (AR) in a
 row exceed the limit is disconnected after each further one, and those are no longer
-dead-lettered, until it sends a message that is accepted. So one sender cannot fill
-the dead-letter queue or trip its limit (which is there for a bad deploy of our own
-mapping), and the listener goes on serving everyone else.
+dead-lettered, until it sends an ORU^R01 that can be read (answered AA or AE). So one
+sender cannot fill the dead-letter queue or trip its limit (which is there for a bad
+deploy of our own mapping), and the listener goes on serving everyone else.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class PeerRejects:
             del self._counts[next(iter(self._counts))]
         if count == self.limit + 1:
             log.warning("MLLP peer %s: %d rejected messages in a row (limit %d): disconnected after each further "
-                        "one, which is no longer dead-lettered, until it sends an acceptable message",
+                        "one, which is no longer dead-lettered, until it sends a readable ORU^R01",
                         peer, count, self.limit)
         return count > self.limit
 
