@@ -125,6 +125,8 @@ def test_too_large_messages_and_one_connections_garbage_leave_the_task_running_a
         big.send(_big_oru(control_id, size))
         _assert_refused_for_size(big.ack(), control_id, size)
         answered_in.append(_timed_aa(lis.port, f"AFTER-{control_id}"))
+    print("AA on another connection after the 2 MB / 15 MB refusals: "
+          + " / ".join(f"{t * 1000:.0f} ms" for t in answered_in))
     assert max(answered_in) < 1.0, f"the next good message is acknowledged at once: {answered_in}"
     big.close()
 
