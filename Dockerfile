@@ -25,6 +25,9 @@ ENV PATH=/opt/labconnect/bin:$PATH \
 USER labconnect
 WORKDIR /var/lib/labconnect
 EXPOSE 8083
-HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8083/health').status==200 else 1)"
+# Shell form, so that it follows STATUS_PORT. The status server listens on STATUS_BIND, 127.0.0.1 by
+# default (this check runs inside the container); set STATUS_BIND=0.0.0.0 for probes and scrapes
+# from outside, and ADMIN_TOKEN(_FILE) to allow pause/resume/stop/restart.
+HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:${STATUS_PORT:-8083}/health" > /dev/null 2>&1 || exit 1
 ENTRYPOINT ["labconnect"]
 CMD ["run", "source-lis"]

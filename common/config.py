@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
@@ -50,6 +50,7 @@ LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], B
 # Settings the runtime owns; any other KAFKA_* variable is a client property.
 _KAFKA_OWN = {"KAFKA_BOOTSTRAP_SERVERS"}
 _SECRET_WORDS = ("password", "secret", "token", "key", "credentials", "sasl.jaas")
+_ADMIN_TOKEN_MIN_LENGTH = 16
 
 
 class WorkerSettings(BaseSettings):
@@ -74,9 +75,20 @@ class WorkerSettings(BaseSettings):
     restart_backoff_max_ms: int = Field(300_000, ge=1)
     shutdown_timeout_ms: int = Field(30_000, ge=0)
     status_port: int | None = Field(None, ge=0, le=65535, description="HTTP status/health/metrics port")
+    status_bind: str = Field("127.0.0.1", description="address the status server listens on (0.0.0.0: every one)")
+    admin_token: str | None = Field(None, description="bearer token that pause/resume/stop/restart require (secret)")
     status_topic: str = "connect-status"
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: LogLevel = "INFO"
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        # Presented over plain HTTP by scripts: long enough that guessing it over the network is hopeless.
+        if value is not None and len(value) < _ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(f"must be at least {_ADMIN_TOKEN_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`); "
+                             "unset, every mutation is refused")
+        return value
 
     def kafka_properties(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """librdkafka properties: bootstrap servers plus every other KAFKA_* variable."""

@@ -119,6 +119,7 @@ class SinkWorker:
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "range",
             **kafka,
+            **status.kafka.client_config(),  # GET /ready: is this consumer connected?
         })
         self.dlq = DeadLetterQueue(
             Producer({"enable.idempotence": True, "linger.ms": 5, **kafka}),

@@ -142,6 +142,7 @@ class SourceWorker:
             "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
             "linger.ms": 5,
             "compression.type": "lz4",
+            **status.kafka.client_config(),  # GET /ready: is this producer connected?
         })
         self.dlq = DeadLetterQueue(self.producer, settings.errors_deadletterqueue_topic_name, self.name,
                                    settings.task_id, settings.errors_deadletterqueue_context_headers_enable,
@@ -173,6 +174,8 @@ class SourceWorker:
                     self._write(batch, context)
                 elif self.task.done():
                     break
+                else:  # idle: still serve the producer's statistics and log lines
+                    self.producer.poll(0)
             self.status.set(TaskState.STOPPED)
         finally:
             self.task.stop()

@@ -3,10 +3,9 @@
 Every state change is written to the ``connect-status`` topic (key
 ``status-task-<connector>-<task>``, JSON value as Kafka Connect's REST API shows it),
 so ``labconnect status`` gives one view of every connector from any machine. Each
-process also answers HTTP on ``STATUS_PORT``: ``/`` (version), ``/health`` (200
-running, 503 starting, 500 failed), ``/connectors/<name>/status``, ``/metrics``
-(Prometheus), and ``PUT /connectors/<name>/pause|resume|stop``,
-``POST /connectors/<name>/restart``.
+process also answers HTTP on ``STATUS_PORT`` (:mod:`common.control_api`), where
+``/health`` and ``/ready`` are judged from :meth:`StatusReporter.health` and
+:meth:`StatusReporter.readiness`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import logging
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -79,6 +77,37 @@ class Control:
         return changed
 
 
+class KafkaConnectivity:
+    """Whether the task's own Kafka client holds a live broker connection, from librdkafka's
+    statistics (every ``INTERVAL_MS``, served by the client's poll/consume)."""
+
+    INTERVAL_MS = 5000
+
+    def __init__(self) -> None:
+        self._connected: bool | None = None  # None: no statistics from the current client yet
+        self._at = 0.0
+
+    def client_config(self) -> dict[str, Any]:
+        """Properties for the client to watch (a new client: forget what the previous one said)."""
+        self._connected, self._at = None, 0.0
+        return {"statistics.interval.ms": self.INTERVAL_MS, "stats_cb": self._on_stats}
+
+    def _on_stats(self, stats_json: str) -> None:
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        self._connected = any(broker.get("state") == "UP" for broker in brokers)
+        self._at = time.monotonic()
+
+    def problem(self) -> str | None:
+        """Why the client does not count as connected, or None."""
+        if self._connected is None:
+            return "no Kafka client statistics yet"
+        if time.monotonic() - self._at > 3 * self.INTERVAL_MS / 1000:
+            return "Kafka client statistics are stale (the task is not polling its client)"
+        if not self._connected:
+            return "no live connection to any Kafka broker"
+        return None
+
+
 class StatusReporter:
     """Holds the task's state and publishes each change."""
 
@@ -92,6 +121,7 @@ class StatusReporter:
         self.trace: str | None = None
         self.since = time.time()
         self._topic = status_topic
+        self.kafka = KafkaConnectivity()
         self._producer = None
         if status_topic and kafka_config:
             from confluent_kafka import Producer
@@ -128,6 +158,32 @@ class StatusReporter:
         return {"name": self.connector, "connector": {"state": connector_state, "worker_id": self.worker_id},
                 "tasks": [task], "type": self.kind}
 
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /health`` as Kafka Connect answers it: 200 healthy, 503 starting, 500 unhealthy.
+        A STOPPED task is not healthy either (503): it does nothing until resumed."""
+        state = self.state
+        if state == TaskState.FAILED:
+            return 500, {"status": "unhealthy", "state": state.value, "message": self.trace or "task failed"}
+        if state in (TaskState.UNASSIGNED, TaskState.RESTARTING):
+            return 503, {"status": "starting", "state": state.value}
+        if state == TaskState.STOPPED:
+            return 503, {"status": "stopped", "state": state.value,
+                         "message": "stopped (by an operator or a shutdown); PUT .../resume starts it again"}
+        return 200, {"status": "healthy", "state": state.value}
+
+    def readiness(self) -> list[str]:
+        """Why the task is not ready (empty: ready): it must be RUNNING, with no retry in
+        progress (its last poll, or put/flush and commit, succeeded) and a live Kafka connection."""
+        problems = []
+        if self.state != TaskState.RUNNING:
+            problems.append(f"task is {self.state.value}")
+        elif self.trace:
+            problems.append(self.trace)
+        kafka = self.kafka.problem()
+        if kafka:
+            problems.append(kafka)
+        return problems
+
     def _publish(self) -> None:
         if self._producer is None or self._topic is None:
             return
@@ -142,67 +198,3 @@ class StatusReporter:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(5)
-
-
-def serve_http(port: int, reporter: StatusReporter, control: Control) -> ThreadingHTTPServer:
-    """Start the status/health/metrics HTTP server in a daemon thread."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    base = f"/connectors/{reporter.connector}"
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, code: int, value: Any) -> None:
-            self._send(code, json.dumps(value).encode())
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            path = self.path.split("?", 1)[0].rstrip("/") or "/"
-            if path == "/":
-                self._json(200, {"version": VERSION, "connector": reporter.connector})
-            elif path == "/health":
-                state = reporter.state
-                if state == TaskState.FAILED:
-                    self._json(500, {"status": "unhealthy", "message": reporter.trace or "task failed"})
-                elif state == TaskState.UNASSIGNED:
-                    self._json(503, {"status": "starting"})
-                else:
-                    self._json(200, {"status": "healthy", "state": state.value})
-            elif path == "/connectors":
-                self._json(200, [reporter.connector])
-            elif path == f"{base}/status":
-                self._json(200, reporter.connector_view())
-            elif path == "/metrics":
-                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
-            else:
-                self._json(404, {"error_code": 404, "message": "not found"})
-
-        def do_PUT(self) -> None:  # noqa: N802
-            actions = {f"{base}/pause": control.paused.set, f"{base}/resume": control.resume,
-                       f"{base}/stop": control.halt}
-            action = actions.get(self.path.split("?", 1)[0].rstrip("/"))
-            if action is None:
-                self._json(404, {"error_code": 404, "message": "not found"})
-                return
-            action()
-            self._send(202, b"")
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path.split("?", 1)[0].rstrip("/") == f"{base}/restart":
-                control.restart()
-                self._send(202, b"")
-            else:
-                self._json(404, {"error_code": 404, "message": "not found"})
-
-        def log_message(self, *args: Any) -> None:  # requests are not worth a log line each
-            pass
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
-    return server

@@ -23,7 +23,8 @@ from common.config import SinkSettings, SourceSettings, WorkerSettings
 from common.connector import ConnectorSpec
 from common.errors import ConfigError, safe_message
 from common.retry import RetryPolicy
-from common.status import Control, StatusReporter, TaskState, serve_http
+from common.control_api import serve_http
+from common.status import Control, StatusReporter, TaskState
 from common.task import SinkTask, SourceTask
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
     status = StatusReporter(name, settings.task_id, spec.kind, settings.status_topic, settings.kafka_properties())
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(control, settings.shutdown_timeout_ms / 1000.0 + 5)
-    server = serve_http(settings.status_port, status, control) if settings.status_port is not None else None
+    server = None
+    if settings.status_port is not None:
+        server = serve_http(settings.status_port, status, control, settings.status_bind, settings.admin_token)
     restarts = RetryPolicy(-1, settings.restart_backoff_max_ms, initial_delay_ms=1000).delays()
     try:
         while not control.stop_requested.is_set():

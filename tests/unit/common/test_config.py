@@ -142,6 +142,19 @@ def test_redacted_config_hides_secrets() -> None:
     assert "pw" not in str(shown["SCHEMA_REGISTRY_URL"])
 
 
+def test_control_api_settings_bind_to_loopback_and_hide_the_admin_token(tmp_path: Path) -> None:
+    settings = load_settings(SourceSettings, {})
+    assert settings.status_bind == "127.0.0.1" and settings.admin_token is None
+    token = tmp_path / "admin-token"
+    token.write_text("0123456789abcdef0123\n")
+    settings = load_settings(SourceSettings, {"ADMIN_TOKEN_FILE": str(token), "STATUS_BIND": "0.0.0.0"})
+    assert settings.admin_token == "0123456789abcdef0123" and settings.status_bind == "0.0.0.0"
+    assert settings.redacted()["ADMIN_TOKEN"] == "********"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SourceSettings, {"ADMIN_TOKEN": "short"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["ADMIN_TOKEN"]
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "common", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env},
                           capture_output=True, text=True, timeout=60)
