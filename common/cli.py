@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -101,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("connector", choices=names)
     migrate.set_defaults(handler=_cmd_migrate)
 
-    replay = sub.add_parser("replay", help="backfill: re-read a time window from the source")
+    replay = sub.add_parser("replay", help="backfill: re-read a time window from the source",
+                            description="Backfill: run a source connector's task over a past time window under "
+                            "its own connector name.",
+                            epilog="labconnect replay source-lis --since ISO [--until ISO] [--topic T ...]; "
+                            "`labconnect replay source-lis --help` describes each option.")
     replay.add_argument("connector", choices=["source-lis"])
     replay.add_argument("rest", nargs=argparse.REMAINDER)
     replay.set_defaults(handler=_cmd_replay)
@@ -125,18 +130,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tool commands parse their own options (argparse's REMAINDER drops leading --flags).
     if arguments and arguments[0] in _TOOLS:
         args = argparse.Namespace(handler=_TOOLS[arguments[0]], rest=arguments[1:])
-    elif len(arguments) >= 2 and arguments[0] == "replay":
+    elif len(arguments) >= 2 and arguments[0] == "replay" and not arguments[1].startswith("-"):
         args = argparse.Namespace(handler=_cmd_replay, connector=arguments[1], rest=arguments[2:])
     else:
         args = parser.parse_args(arguments)
+    from confluent_kafka import KafkaException
+
     try:
         code = int(args.handler(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
     except ConfigError as error:
         print(f"labconnect: {error}", file=sys.stderr)
         code = EXIT_CONFIG
-    except ConnectorError as error:  # e.g. the database is unreachable during `migrate`
+    except ConnectorError as error:  # e.g. the broker or the database is unreachable
         print(f"labconnect: {error}", file=sys.stderr)
         code = 1
+    except KafkaException as error:  # an operator tool's request the cluster refused or timed out
+        kafka_error = error.args[0] if error.args else error
+        print(f"labconnect: Kafka: {getattr(kafka_error, 'str', lambda: str(kafka_error))()}", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:
+        # The reader went away (`labconnect status --json | head -1`): nothing more to say, and
+        # nothing left for the interpreter to flush into the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # what a shell reports for a command ended by SIGPIPE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -34,6 +34,13 @@ def _iana_zone(value: str) -> str:
 TimeZoneName = Annotated[str, AfterValidator(_iana_zone)]
 """A setting naming an IANA time zone (``Europe/Berlin``), checked at load time."""
 
+def not_blank(value: str) -> str:
+    """For a setting that has no meaning when empty (``FOO=`` in an env file is a mistake)."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}  # names `logging` accepts too
 
 
@@ -81,6 +88,11 @@ class WorkerSettings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: LogLevel = "INFO"
 
+    @field_validator("kafka_bootstrap_servers", "errors_deadletterqueue_topic_name", "status_topic", "status_bind")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        return not_blank(value)
+
     @field_validator("admin_token")
     @classmethod
     def _strong_admin_token(cls, value: str | None) -> str | None:
@@ -117,6 +129,13 @@ class SinkSettings(WorkerSettings):
     flush_idle_ms: int = Field(1000, ge=1, description="flush a partition that received nothing for this long")
     consume_batch_size: int = Field(1000, ge=1)
 
+    @field_validator("topics")
+    @classmethod
+    def _some_topic(cls, value: str) -> str:
+        if not [t for t in value.split(",") if t.strip()]:
+            raise ValueError("must name at least one topic")
+        return value
+
     @property
     def topic_list(self) -> list[str]:
         return [t.strip() for t in self.topics.split(",") if t.strip()]
@@ -128,6 +147,11 @@ class SourceSettings(WorkerSettings):
     offset_storage_topic: str = "connect-offsets"
     transaction_timeout_ms: int = Field(60_000, ge=1000)
 
+    @field_validator("offset_storage_topic")
+    @classmethod
+    def _offset_topic_not_blank(cls, value: str) -> str:
+        return not_blank(value)
+
 
 def client_properties(bootstrap: str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Kafka client properties for the operator tools, from the variables the connectors read
@@ -138,9 +162,13 @@ def client_properties(bootstrap: str | None = None, environ: Mapping[str, str] |
     problems = problems or _client_property_problems(props, sources)
     if problems:
         raise ConfigError(problems)
+    source = "--bootstrap"
     if bootstrap is None:
         default = WorkerSettings.model_fields["kafka_bootstrap_servers"].default
-        bootstrap = {k.upper(): v for k, v in env.items()}.get("KAFKA_BOOTSTRAP_SERVERS", default)
+        bootstrap, source = {k.upper(): v for k, v in env.items()}.get("KAFKA_BOOTSTRAP_SERVERS", default), \
+            "KAFKA_BOOTSTRAP_SERVERS"
+    if not bootstrap.strip():
+        raise ConfigError([f"{source}: must not be empty"])
     return {"bootstrap.servers": bootstrap, **props}
 
 
@@ -158,13 +186,28 @@ def _passthrough_properties(env: Mapping[str, str]) -> tuple[dict[str, str], dic
         prop = own_var[len("KAFKA_"):].lower().replace("_", ".")
         if var != own_var:
             try:
-                value = Path(value).read_text().strip()
-            except OSError as exc:
-                problems.append(f"{var}: cannot read file ({exc.strerror})")
+                value = read_secret_file(var, value)
+            except ValueError as exc:
+                problems.append(str(exc))
                 continue
         props[prop] = value
         sources[prop] = var
     return props, sources, problems
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The value an ``X_FILE`` variable points to, stripped; ValueError naming the variable when
+    the path is empty, the file cannot be read, or holds nothing (an empty secret is a mistake)."""
+    if not path.strip():
+        raise ValueError(f"{variable}: is empty (a file path is expected)")
+    try:
+        value = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{variable}: cannot read file ({getattr(exc, 'strerror', None) or type(exc).__name__})") \
+            from None
+    if not value:
+        raise ValueError(f"{variable}: the file {path} is empty")
+    return value
 
 
 _CREATE_FAILED = "Failed to create producer: "
@@ -229,9 +272,9 @@ def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
         file_var = f"{var}_FILE"
         if file_var in upper_env:
             try:
-                values[field_name] = Path(upper_env[file_var]).read_text().strip()
-            except OSError as exc:
-                problems.append(f"{file_var}: cannot read file ({exc.strerror})")
+                values[field_name] = read_secret_file(file_var, upper_env[file_var])
+            except ValueError as exc:
+                problems.append(str(exc))
         elif var in upper_env:
             values[field_name] = upper_env[var]
     try:

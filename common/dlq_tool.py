@@ -28,6 +28,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from common.config import client_properties
+from common.kafka_clients import TOOL_LOG, require_reachable
 from common.dlq import HEADER_PREFIX
 
 REDRIVEN_FROM = "__labconnect.redriven.from"
@@ -73,7 +74,9 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 
 
 def show(bootstrap: str | None, topic: str, limit: int, connector: str | None) -> int:
-    consumer = Consumer({**client_properties(bootstrap), "group.id": f"dlq-show-{uuid.uuid4().hex}",
+    config = client_properties(bootstrap)
+    require_reachable(config)
+    consumer = Consumer({**config, "group.id": f"dlq-show-{uuid.uuid4().hex}", "logger": TOOL_LOG,
                          "enable.auto.commit": False, "enable.partition.eof": True})
     shown = 0
     try:
@@ -103,7 +106,8 @@ class _Redrive:
     def __init__(self, bootstrap: str | None, topic: str, to: str | None, connector: str | None, group: str,
                  dry_run: bool) -> None:
         self.topic, self.to, self.connector, self.dry_run = topic, to, connector, dry_run
-        kafka = client_properties(bootstrap)
+        kafka = {**client_properties(bootstrap), "logger": TOOL_LOG}
+        require_reachable(kafka)
         self.consumer = Consumer({**kafka, "group.id": group, "enable.auto.commit": False,
                                   "enable.partition.eof": True, "isolation.level": "read_committed"})
         self.producer: Producer | None = None

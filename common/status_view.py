@@ -12,12 +12,15 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from common.config import client_properties
+from common.kafka_clients import TOOL_LOG, require_reachable
 
 
 def read_statuses(bootstrap: str | None, topic: str, timeout: float = 15.0) -> dict[str, dict[str, Any]]:
     """Latest status value per key (``status-task-<connector>-<task>``); the client is configured
     by the KAFKA_* variables, ``bootstrap`` (when given) overriding KAFKA_BOOTSTRAP_SERVERS."""
-    consumer = Consumer({**client_properties(bootstrap), "group.id": "labconnect-status-view",
+    config = client_properties(bootstrap)
+    require_reachable(config)
+    consumer = Consumer({**config, "group.id": "labconnect-status-view", "logger": TOOL_LOG,
                          "enable.auto.commit": False, "enable.partition.eof": True})
     statuses: dict[str, dict[str, Any]] = {}
     try:

@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from common.config import client_properties
+from common.kafka_clients import TOOL_LOG, require_reachable
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ def create_topics(bootstrap: str | None, topics: tuple[TopicSpec, ...] = STANDAR
     by the KAFKA_* variables, ``bootstrap`` (when given) overriding KAFKA_BOOTSTRAP_SERVERS."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(client_properties(bootstrap))
+    config = client_properties(bootstrap)
+    require_reachable(config)
+    admin = AdminClient({**config, "logger": TOOL_LOG})
     existing = set(admin.list_topics(timeout=30).topics)
     wanted = [NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor, config=t.config)
               for t in topics if t.name not in existing]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from common.connector import ConnectorSpec
@@ -71,6 +72,11 @@ def main(argv: list[str]) -> int:
         if unknown:
             print(f"labconnect replay: --topic must be one of {sorted(known)}", file=sys.stderr)
             return EXIT_CONFIG
+    if settings.lis_mode == "hl7-mllp" and not (settings.hl7_archive_dir and Path(settings.hl7_archive_dir).is_dir()):
+        # Would fail the task at every restart (or replay nothing): the archive is the only HL7 history.
+        print("labconnect replay: HL7 replay needs HL7_ARCHIVE_DIR, the directory of the archive of received "
+              "messages" + (" (not a directory)" if settings.hl7_archive_dir else ""), file=sys.stderr)
+        return EXIT_CONFIG
     spec = replay_spec(window, settings.connector_name or "source-lis")
     # Beside the live connector in the same environment: its status port is the live one's.
     settings = settings.model_copy(update={"connector_name": spec.name, "status_port": None})

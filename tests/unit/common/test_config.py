@@ -155,6 +155,35 @@ def test_control_api_settings_bind_to_loopback_and_hide_the_admin_token(tmp_path
     assert [p.split(":")[0] for p in caught.value.problems] == ["ADMIN_TOKEN"]
 
 
+@pytest.mark.parametrize("cls", [SourceSettings, SinkSettings])
+def test_an_empty_runtime_setting_is_a_config_error_naming_it(cls: type[WorkerSettings]) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "", "STATUS_TOPIC": " ", "ERRORS_DEADLETTERQUEUE_TOPIC_NAME": "",
+           "STATUS_BIND": "", "TOPICS": " , ", "OFFSET_STORAGE_TOPIC": ""}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cls, env)
+    named = sorted(p.split(":")[0] for p in caught.value.problems)
+    expected = ["ERRORS_DEADLETTERQUEUE_TOPIC_NAME", "KAFKA_BOOTSTRAP_SERVERS", "STATUS_BIND", "STATUS_TOPIC"]
+    expected += ["OFFSET_STORAGE_TOPIC"] if cls is SourceSettings else ["TOPICS"]
+    assert named == sorted(expected)
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS: must not be empty"):
+        client_properties(None, {"KAFKA_BOOTSTRAP_SERVERS": ""})
+    with pytest.raises(ConfigError, match="--bootstrap: must not be empty"):
+        client_properties(" ", {})
+
+
+def test_an_empty_file_variable_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SourceSettings, {"ADMIN_TOKEN_FILE": str(empty), "STATUS_TOPIC_FILE": "",
+                                       "KAFKA_SASL_PASSWORD_FILE": str(empty)})
+    problems = sorted(caught.value.problems)
+    assert [p.split(":")[0] for p in problems] == ["ADMIN_TOKEN_FILE", "KAFKA_SASL_PASSWORD_FILE", "STATUS_TOPIC_FILE"]
+    assert f"the file {empty} is empty" in problems[0]
+    with pytest.raises(ConfigError, match="KAFKA_SASL_PASSWORD_FILE: the file .* is empty"):
+        client_properties("b:9092", {"KAFKA_SASL_PASSWORD_FILE": str(empty)})
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "common", *args], cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env},
                           capture_output=True, text=True, timeout=60)

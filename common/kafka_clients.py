@@ -1,0 +1,54 @@
+"""What every Kafka client the runtime and the operator tools create shares: where
+librdkafka's own log lines go, and one clear error for a cluster nobody can reach.
+
+A connector's clients log through the ``librdkafka`` logger (``logger=`` option), so its
+lines come out in the connector's format (JSON with ``LOG_FORMAT=json``), not as raw
+``%3|...|FAIL|`` lines on stderr. The operator tools' clients log nowhere: a tool reports
+a failure itself, in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from common.errors import ConnectorError
+
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+TOOL_LOG = logging.Logger("labconnect.tool.librdkafka")  # outside the logging tree: drops everything
+TOOL_LOG.addHandler(logging.NullHandler())
+
+
+def with_log(config: dict[str, Any], logger: logging.Logger = LIBRDKAFKA_LOG) -> dict[str, Any]:
+    """``config`` with librdkafka's log lines sent to ``logger`` (served by the client's poll)."""
+    return {**config, "logger": logger}
+
+
+class BrokerUnreachable(ConnectorError):
+    """No broker of the cluster answered; the message names the bootstrap servers and why."""
+
+
+def require_reachable(config: dict[str, Any], timeout: float = 10.0) -> None:
+    """Return once a broker answers a metadata request, or raise :class:`BrokerUnreachable`:
+    at once when every bootstrap server refused or did not resolve, else after ``timeout``."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[Any] = []
+    admin = AdminClient({**config, "logger": TOOL_LOG, "error_cb": errors.append})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc.args[0] if exc.args else exc
+        admin.poll(0)  # serves error_cb
+        all_down = any(error.code() == KafkaError._ALL_BROKERS_DOWN for error in errors)
+        fatal = [error for error in errors if error.fatal() or error.code() == KafkaError._AUTHENTICATION]
+        if all_down or fatal or time.monotonic() >= deadline:
+            causes = fatal or [error for error in errors if error.code() != KafkaError._ALL_BROKERS_DOWN] or [last]
+            reason = causes[-1].str() if hasattr(causes[-1], "str") else str(causes[-1])
+            raise BrokerUnreachable(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {reason}")
