@@ -46,6 +46,7 @@ from connectors.sink_notify.providers import Accepted, Rejected, RetryLater, Sen
 
 NAMESPACE = uuid.UUID("3d0b6a2e-8f4c-5e61-a7d2-5c9e1b4f7a20")  # fixed forever: message keys derive from it
 UNSENT = ("pending", "deferred", "retrying")
+CONTACT_RECHECK_MS = 30_000
 _t = tables
 
 
@@ -354,7 +355,10 @@ class Ledger:
                     if now >= expires:
                         self._set(conn, row, now, state="suppressed", reason="no_contact")
                     else:
-                        self._set(conn, row, now, state="deferred", reason="awaiting_contact", due_at=expires)
+                        # Looked at again soon, not only when the contact arrives: a contact committed
+                        # between this read and this write would otherwise not wake the message.
+                        self._set(conn, row, now, state="deferred", reason="awaiting_contact",
+                                  due_at=min(expires, now + CONTACT_RECHECK_MS))
                     continue
                 channel, refusal = self._channel(contact)
                 if channel is None:

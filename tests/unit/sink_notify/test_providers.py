@@ -314,10 +314,10 @@ def test_client_is_made_in_the_sending_loop_and_reused_until_closed() -> None:
     async def run() -> None:
         results = await asyncio.gather(*(provider.send(SMS) for _ in range(100)))
         assert results == [Accepted("SM1")] * 100
-        client = provider._http._client
-        assert client is not None and not client.is_closed
+        clients = provider._http._clients
+        assert clients and not any(client.is_closed for client in clients)
         await provider.aclose()
-        assert client.is_closed and provider._http._client is None
+        assert all(client.is_closed for client in clients) and provider._http._clients == []
         await provider.aclose()  # twice is harmless
 
     asyncio.run(run())
