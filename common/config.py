@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.errors import ConfigError
+from common.errors import REDACTED, ConfigError, redact_url_secrets
 
 
 def _iana_zone(value: str) -> str:
@@ -251,10 +251,9 @@ def _client_property_problems(props: dict[str, str], sources: dict[str, str]) ->
 def _redact(name: str, value: Any) -> Any:
     lowered = name.lower()
     if value is not None and any(word in lowered for word in _SECRET_WORDS):
-        return "********"
-    if isinstance(value, str) and "://" in value and "@" in value:
-        scheme, rest = value.split("://", 1)
-        return f"{scheme}://********@{rest.rsplit('@', 1)[1]}"
+        return REDACTED
+    if isinstance(value, str):
+        return redact_url_secrets(value)
     return value
 
 

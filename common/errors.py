@@ -7,7 +7,9 @@
 
 Foreign exceptions are classified by :func:`is_retriable`. Messages of our own
 errors are written to be safe (identifiers only); messages of foreign exceptions
-pass through :func:`scrub` before they reach a log line or a DLQ header.
+pass through :func:`scrub` before they reach a log line or a DLQ header. Credentials in
+URLs (user info, secret query parameters) are hidden by :func:`redact_url_secrets`
+everywhere text leaves the process: logs, status, DLQ headers, ``--print-config``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,30 @@ def is_retriable(error: BaseException) -> bool:
     return False
 
 
+_URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#@]+@")
+# name=value in a URL query, a form body or a libpq-style "key=value ..." string
+_PARAMETER = re.compile(r"(^|[?&;\s,])([\w.\[\]-]+)=(\"[^\"]*\"|'[^']*'|[^&#\s'\",;]+)")
+_SECRET_NAME = re.compile(r"passw|pwd|secret|token|sig|key|credential|auth", re.IGNORECASE)
+REDACTED = "********"
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    lead, name, _ = match.groups()
+    return f"{lead}{name}={REDACTED}" if _SECRET_NAME.search(name) else match.group(0)
+
+
+def redact_url_secrets(text: str) -> str:
+    """Hide the credentials a URL (or a message quoting one) carries: the password of
+    ``scheme://user:pw@host`` (the whole user info) and the values of query parameters whose
+    name says secret (``password``, ``access_token``, ``token``, ``sig``, ``signature``,
+    ``key``, ``secret``, ``X-Amz-Signature``, ``X-Amz-Credential``, ``client_secret``...)."""
+    if "@" in text:
+        text = _URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+    if "=" in text:
+        text = _PARAMETER.sub(_redact_parameter, text)
+    return text
+
+
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 _PHONE = re.compile(r"\+?\d[\d ()./-]{6,}\d")
 _QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
@@ -97,7 +123,7 @@ def scrub(message: str, limit: int = 500) -> str:
     numbers, bare numbers and SQL parameter dumps are replaced by placeholders;
     identifiers and structure stay so the message is still useful.
     """
-    text = _SQL_PARAMS.sub("", message)
+    text = redact_url_secrets(_SQL_PARAMS.sub("", message))
     text = _EMAIL.sub("<email>", text)
     text = _QUOTED.sub("<value>", text)
     text = _PHONE.sub("<number>", text)
@@ -107,6 +133,6 @@ def scrub(message: str, limit: int = 500) -> str:
 
 def safe_message(error: BaseException) -> str:
     """The message of an error as it may be logged or put in a DLQ header."""
-    if isinstance(error, ConnectorError):
-        return str(error)[:500]
+    if isinstance(error, ConnectorError):  # written to be free of PHI; may still quote a URL
+        return redact_url_secrets(str(error))[:500]
     return scrub(str(error))

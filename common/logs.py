@@ -1,7 +1,8 @@
 """Structured logging: JSON lines (plain text on a TTY), identifiers only.
 
 Log calls pass identifiers as ``extra`` fields (connector, task, topic, partition,
-offset, accession, message_id); record contents never go into a log line.
+offset, accession, message_id); record contents never go into a log line. Credentials a
+message quotes in a URL (``user:pw@``, ``?access_token=``) are hidden as it is written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from typing import Any
 
 from common.config import WorkerSettings
+from common.errors import redact_url_secrets
 
 _CONTEXT_FIELDS = ("connector", "task", "topic", "partition", "offset", "state", "count", "message_id",
                    "accession", "error_class", "attempt", "delay_s", "duration_ms")
@@ -25,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_url_secrets(record.getMessage()),
             **_context,
         }
         for name in _CONTEXT_FIELDS:
@@ -41,7 +43,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = {**_context, **{n: getattr(record, n) for n in _CONTEXT_FIELDS if hasattr(record, n)}}
         suffix = " ".join(f"{k}={v}" for k, v in fields.items())
-        text = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        text = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {redact_url_secrets(record.getMessage())}"
         if record.exc_info and record.exc_info[0] is not None:
             text += f" [{record.exc_info[0].__name__}]"
         return f"{text}  {suffix}" if suffix else text

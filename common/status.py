@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any
 
+from common.errors import redact_url_secrets
+
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 
@@ -129,6 +131,8 @@ class StatusReporter:
             self._producer = Producer({**kafka_config, "linger.ms": 0, "message.timeout.ms": 10_000})
 
     def set(self, state: TaskState, trace: str | None = None) -> None:
+        if trace is not None:
+            trace = redact_url_secrets(trace)
         if state == self.state and trace == self.trace:
             return
         self.state, self.trace, self.since = state, trace, time.time()

@@ -142,6 +142,20 @@ def test_redacted_config_hides_secrets() -> None:
     assert "pw" not in str(shown["SCHEMA_REGISTRY_URL"])
 
 
+def test_redacted_config_hides_secrets_in_url_query_strings() -> None:
+    env = {"SCHEMA_REGISTRY_URL": "https://registry:8081/?access_token=tok123&tenant=lab"}
+    settings = load_settings(SourceSettings, {"SCHEMA_REGISTRY_URL": env["SCHEMA_REGISTRY_URL"]})
+    shown = settings.redacted()
+    assert shown["SCHEMA_REGISTRY_URL"] == "https://registry:8081/?access_token=********&tenant=lab"
+    printed = _cli("run", "sink-billing", "--print-config",
+                   env={"BILLING_DATABASE_URL": "postgresql://billing:pw789@db/billing?sslpassword=sp000",
+                        "SCHEMA_REGISTRY_URL": env["SCHEMA_REGISTRY_URL"]})
+    assert printed.returncode == 0, printed.stderr
+    for secret in ("tok123", "pw789", "sp000"):
+        assert secret not in printed.stdout
+    assert "postgresql://********@db/billing?sslpassword=********" in printed.stdout
+
+
 def test_control_api_settings_bind_to_loopback_and_hide_the_admin_token(tmp_path: Path) -> None:
     settings = load_settings(SourceSettings, {})
     assert settings.status_bind == "127.0.0.1" and settings.admin_token is None
