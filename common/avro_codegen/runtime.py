@@ -1,0 +1,150 @@
+"""What the generated code calls: varint tables and the slow paths, kept out of the emitted source.
+
+Every helper raises :class:`Unusual` (or lets an ordinary exception through) when a value
+or a byte sequence is outside the fast path; the generated function then hands the whole
+value to fastavro, which decides what happens to it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+
+
+class Unusual(Exception):
+    """Outside the fast path: the reference codec (fastavro) decides."""
+
+
+LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def _varint(n: int) -> bytes:
+    """Unsigned LEB128 of ``n`` (already zigzagged)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Zigzag varints of -64..63 (one byte each), indexed by value + 64.
+SMALL_LONG = tuple(_varint((v << 1) ^ (v >> 63)) for v in range(-64, 64))
+# Lengths 0..63: one byte each.
+SMALL_LENGTH = tuple(_varint(n << 1) for n in range(64))
+
+
+def long_bytes(value: object) -> bytes:
+    """Zigzag varint of an Avro long (an exact ``int`` in the 64-bit range)."""
+    if type(value) is not int or not LONG_MIN <= value <= LONG_MAX:
+        raise Unusual
+    return _varint((value << 1) ^ (value >> 63))
+
+
+def int_bytes(value: object) -> bytes:
+    """Zigzag varint of an Avro int: fastavro's validation allows only 32 bits."""
+    if type(value) is not int or not INT_MIN <= value <= INT_MAX:
+        raise Unusual
+    return _varint((value << 1) ^ (value >> 63))
+
+
+_pack_float = struct.Struct("<f").pack
+_pack_double = struct.Struct("<d").pack
+
+
+def float_bytes(value: object) -> bytes:
+    if type(value) is int:
+        value = float(value)
+    elif type(value) is not float:
+        raise Unusual
+    return _pack_float(value)
+
+
+def double_bytes(value: object) -> bytes:
+    if type(value) is int:
+        value = float(value)
+    elif type(value) is not float:
+        raise Unusual
+    return _pack_double(value)
+
+
+# ---------------------------------------------------------------- decoding
+# What the first byte of a varint says when the varint is that one byte (b < 0x80):
+#   ONE_BYTE_LONG[b]   the long it encodes
+#   ONE_BYTE_LENGTH[b] the length or count it encodes, or -1: negative, or more bytes follow
+ONE_BYTE_LONG = tuple((b >> 1) ^ -(b & 1) for b in range(0x80))
+ONE_BYTE_LENGTH = tuple(b >> 1 if b < 0x80 and not b & 1 else -1 for b in range(0x100))
+BOOLEAN_OF_BYTE = {0: False, 1: True}  # fastavro reads any other byte as True: its call
+
+
+def read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint of up to 10 bytes whose value fits 64 bits, and the position after it.
+    The first six bytes are unrolled: epoch milliseconds take six."""
+    b = buf[pos]
+    n = b & 0x7F
+    if b & 0x80:
+        b = buf[pos + 1]
+        n |= (b & 0x7F) << 7
+        if b & 0x80:
+            b = buf[pos + 2]
+            n |= (b & 0x7F) << 14
+            if b & 0x80:
+                b = buf[pos + 3]
+                n |= (b & 0x7F) << 21
+                if b & 0x80:
+                    b = buf[pos + 4]
+                    n |= (b & 0x7F) << 28
+                    if b & 0x80:
+                        b = buf[pos + 5]
+                        n |= (b & 0x7F) << 35
+                        if b & 0x80:
+                            return _read_long_tail(buf, pos + 6, n)
+                        return (n >> 1) ^ -(n & 1), pos + 6
+                    return (n >> 1) ^ -(n & 1), pos + 5
+                return (n >> 1) ^ -(n & 1), pos + 4
+            return (n >> 1) ^ -(n & 1), pos + 3
+        return (n >> 1) ^ -(n & 1), pos + 2
+    return (n >> 1) ^ -(n & 1), pos + 1
+
+
+def _read_long_tail(buf: bytes, pos: int, n: int) -> tuple[int, int]:
+    shift = 42
+    while True:
+        b = buf[pos]
+        n |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise Unusual  # over 10 bytes: fastavro's C reader wraps around
+    if n >> 64:
+        raise Unusual
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def read_length(buf: bytes, pos: int) -> tuple[int, int]:
+    """A string or bytes length: never negative."""
+    n, pos = read_long(buf, pos)
+    if n < 0:
+        raise Unusual
+    return n, pos
+
+
+def read_block_count(buf: bytes, pos: int) -> tuple[int, int]:
+    """The item count of an array or map block; a negative count is followed by the block's
+    size in bytes, which is skipped."""
+    count, pos = read_long(buf, pos)
+    if count < 0:
+        count = -count
+        pos = read_long(buf, pos)[1]
+    return count, pos
+
+
+# Logical types read the way fastavro's LOGICAL_READERS do (a unit test holds them equal).
+EPOCH_UTC = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+timedelta = datetime.timedelta
+
+unpack_float = struct.Struct("<f").unpack_from
+unpack_double = struct.Struct("<d").unpack_from
