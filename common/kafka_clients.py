@@ -3,19 +3,55 @@ librdkafka's own log lines go, and one clear error for a cluster nobody can reac
 
 A connector's clients log through the ``librdkafka`` logger (``logger=`` option), so its
 lines come out in the connector's format (JSON with ``LOG_FORMAT=json``), not as raw
-``%3|...|FAIL|`` lines on stderr. The operator tools' clients log nowhere: a tool reports
+``%3|...|FAIL|`` lines on stderr, and a line repeated at every reconnect is written once a
+minute with a count. The operator tools' clients log nowhere: a tool reports
 a failure itself, in one line.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from typing import Any
 
 from common.errors import ConnectorError
 
+class RepeatFilter(logging.Filter):
+    """Lets the first of a run of identical lines through and counts the rest for ``window_s``.
+
+    librdkafka reports a refused connection at every reconnect attempt: tens of lines a second
+    per client while the cluster is down. The next line of the same kind after the window
+    says how many were held back."""
+
+    _VARYING = re.compile(r"after \d+ms")  # the only part that differs between two such lines
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[str, tuple[float, int]] = {}  # line -> (when it last passed, held back since)
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        key = self._VARYING.sub("after -ms", message)
+        now = time.monotonic()
+        with self._lock:
+            passed, held = self._seen.get(key, (-self.window_s, 0))
+            if now - passed < self.window_s:
+                self._seen[key] = (passed, held + 1)
+                return False
+            if len(self._seen) >= 1000:  # bounded: a flood of distinct lines forgets the oldest counts
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg, record.args = f"{message} ({held} more like this in the last {self.window_s:.0f}s)", ()
+        return True
+
+
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+LIBRDKAFKA_LOG.addFilter(RepeatFilter())
 
 TOOL_LOG = logging.Logger("labconnect.tool.librdkafka")  # outside the logging tree: drops everything
 TOOL_LOG.addHandler(logging.NullHandler())

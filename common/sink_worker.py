@@ -32,6 +32,7 @@ from common.config import SinkSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import TaskFailed, is_retriable, safe_message
+from common.kafka_clients import with_log
 from common.metrics import TaskMetrics
 from common.records import SinkRecord
 from common.retry import RetryPolicy, call_with_retries
@@ -110,7 +111,7 @@ class SinkWorker:
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
         self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
                                          settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
-        kafka = settings.kafka_properties()
+        kafka = with_log(settings.kafka_properties())  # librdkafka's lines in the connector's log format
         self.consumer = Consumer({
             "group.id": f"connect-{self.name}",
             "enable.auto.commit": False,
@@ -155,6 +156,8 @@ class SinkWorker:
                 self._raise_callback_error()
                 if messages:
                     self._accept(messages)
+                else:  # idle: serve the DLQ producer's log lines (they wait in its queue until polled)
+                    self.dlq.producer.poll(0)
                 if self._should_flush(time.monotonic()):
                     self._flush_and_commit()
             self._shutdown()

@@ -24,6 +24,7 @@ from common.config import SourceSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import RetriableError, TaskFailed, is_retriable, safe_message
+from common.kafka_clients import with_log
 from common.metrics import TaskMetrics
 from common.records import DeadLetter, SourceRecord
 from common.retry import RetryPolicy, call_with_retries
@@ -132,7 +133,7 @@ class SourceWorker:
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
         self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
                                          settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
-        self.kafka = settings.kafka_properties()
+        self.kafka = with_log(settings.kafka_properties())  # librdkafka's lines in the connector's log format
         self.extra_headers = extra_headers or []
         self.producer = Producer({
             **self.kafka,

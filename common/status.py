@@ -125,10 +125,15 @@ class StatusReporter:
         self._topic = status_topic
         self.kafka = KafkaConnectivity()
         self._producer = None
+        self._closed = threading.Event()
         if status_topic and kafka_config:
             from confluent_kafka import Producer
 
-            self._producer = Producer({**kafka_config, "linger.ms": 0, "message.timeout.ms": 10_000})
+            from common.kafka_clients import with_log
+
+            self._producer = Producer(with_log({**kafka_config, "linger.ms": 0, "message.timeout.ms": 10_000}))
+            # Serves its deliveries and log lines, which otherwise wait in its queue for the next state change.
+            threading.Thread(target=self._serve, name="status-producer", daemon=True).start()
 
     def set(self, state: TaskState, trace: str | None = None) -> None:
         if trace is not None:
@@ -199,6 +204,11 @@ class StatusReporter:
         except Exception as exc:  # status is best effort; the data path must not stop for it
             log.warning("cannot publish status: %s", type(exc).__name__)
 
+    def _serve(self) -> None:
+        while not self._closed.is_set() and self._producer is not None:
+            self._producer.poll(1.0)
+
     def close(self) -> None:
+        self._closed.set()
         if self._producer is not None:
             self._producer.flush(5)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from common.logs import JsonFormatter, TextFormatter
 from common.status import StatusReporter, TaskState
 
@@ -29,3 +31,27 @@ def test_status_traces_hide_credentials_in_urls() -> None:
     reporter.set(TaskState.FAILED, trace=f"RetriableError: FHIR server unreachable: {URL}")
     assert "tok123" not in json.dumps(reporter.connector_view())
     assert reporter.trace is not None and "access_token=********" in reporter.trace
+
+
+def test_a_librdkafka_line_repeated_at_every_reconnect_is_written_once_a_window_with_a_count(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import kafka_clients
+
+    clock = [100.0]
+    monkeypatch.setattr(kafka_clients.time, "monotonic", lambda: clock[0])
+    repeats = kafka_clients.RepeatFilter(window_s=60)
+    refused = "FAIL [rdkafka#consumer-2] [thrd:k:1/bootstrap]: Connect to ipv4#127.0.0.1:1 failed: " \
+              "Connection refused (after %dms in state CONNECT)"
+    passed = []
+    for n in range(50):
+        clock[0] += 0.05
+        record = _record(refused, n)
+        if repeats.filter(record):
+            passed.append(record.getMessage())
+    assert passed == [refused % 0]
+    other = _record("FAIL [rdkafka#producer-1] [thrd:k:1/bootstrap]: Connect failed: Connection refused")
+    assert repeats.filter(other), "another client's line is its own kind"
+    clock[0] += 60
+    record = _record(refused, 3)
+    assert repeats.filter(record)
+    assert record.getMessage() == f"{refused % 3} (49 more like this in the last 60s)"
