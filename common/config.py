@@ -85,6 +85,8 @@ class WorkerSettings(BaseSettings):
     status_bind: str = Field("127.0.0.1", description="address the status server listens on (0.0.0.0: every one)")
     admin_token: str | None = Field(None, description="bearer token that pause/resume/stop/restart require (secret)")
     status_topic: str = "connect-status"
+    status_heartbeat_interval_ms: int = Field(10_000, ge=100, description="how often a task re-publishes its "
+                                              "status; `labconnect status` shows LOST after three missed")
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: LogLevel = "INFO"
 

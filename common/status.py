@@ -2,7 +2,10 @@
 
 Every state change is written to the ``connect-status`` topic (key
 ``status-task-<connector>-<task>``, JSON value as Kafka Connect's REST API shows it),
-so ``labconnect status`` gives one view of every connector from any machine. Each
+so ``labconnect status`` gives one view of every connector from any machine. The same
+value is written again every ``STATUS_HEARTBEAT_INTERVAL_MS`` with a fresh ``heartbeat``
+time, so a process that died without a word (SIGKILL, a lost machine) shows as LOST;
+a process that exits says so in its last value (``exited``). Each
 process also answers HTTP on ``STATUS_PORT`` (:mod:`common.control_api`), where
 ``/health`` and ``/ready`` are judged from :meth:`StatusReporter.health` and
 :meth:`StatusReporter.readiness`.
@@ -110,11 +113,17 @@ class KafkaConnectivity:
         return None
 
 
+DEFAULT_HEARTBEAT_INTERVAL_MS = 10_000
+
+
 class StatusReporter:
-    """Holds the task's state and publishes each change."""
+    """Holds the task's state and publishes each change, and a heartbeat every
+    ``heartbeat_interval_ms`` from its own thread (not from the worker's loop: a task busy in
+    a long flush is alive and must not look lost)."""
 
     def __init__(self, connector: str, task_id: int, kind: str, status_topic: str | None = None,
-                 kafka_config: dict[str, str] | None = None) -> None:
+                 kafka_config: dict[str, str] | None = None,
+                 heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS) -> None:
         self.connector = connector
         self.task_id = task_id
         self.kind = kind
@@ -124,8 +133,11 @@ class StatusReporter:
         self.since = time.time()
         self._topic = status_topic
         self.kafka = KafkaConnectivity()
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self._producer = None
         self._closed = threading.Event()
+        # One value at a time: a heartbeat built from the old state must not land after the new state.
+        self._publishing = threading.Lock()
         if status_topic and kafka_config:
             from confluent_kafka import Producer
 
@@ -193,22 +205,35 @@ class StatusReporter:
             problems.append(kafka)
         return problems
 
-    def _publish(self) -> None:
+    def status_value(self, exited: bool = False) -> dict[str, Any]:
+        """The value published to the status topic: the connector view, when the state last
+        changed (``updated``), when this was written (``heartbeat``) and how often it is."""
+        return {**self.connector_view(), "updated": int(self.since * 1000), "heartbeat": int(time.time() * 1000),
+                "heartbeat_interval_ms": self.heartbeat_interval_ms, "exited": exited}
+
+    def _publish(self, exited: bool = False) -> None:
         if self._producer is None or self._topic is None:
             return
-        value = {**self.connector_view(), "updated": int(self.since * 1000)}
-        try:
-            self._producer.produce(self._topic, key=f"status-task-{self.connector}-{self.task_id}",
-                                   value=json.dumps(value))
-            self._producer.poll(0)
-        except Exception as exc:  # status is best effort; the data path must not stop for it
-            log.warning("cannot publish status: %s", type(exc).__name__)
+        with self._publishing:
+            try:
+                self._producer.produce(self._topic, key=f"status-task-{self.connector}-{self.task_id}",
+                                       value=json.dumps(self.status_value(exited)))
+                self._producer.poll(0)
+            except Exception as exc:  # status is best effort; the data path must not stop for it
+                log.warning("cannot publish status: %s", type(exc).__name__)
 
     def _serve(self) -> None:
+        interval = self.heartbeat_interval_ms / 1000
+        next_beat = time.monotonic() + interval
         while not self._closed.is_set() and self._producer is not None:
-            self._producer.poll(1.0)
+            self._producer.poll(max(0.0, min(1.0, next_beat - time.monotonic())))
+            if time.monotonic() >= next_beat and not self._closed.is_set():
+                self._publish()
+                next_beat = time.monotonic() + interval
 
     def close(self) -> None:
+        """The process is leaving: say so (the view shows the last state, not LOST) and flush."""
         self._closed.set()
         if self._producer is not None:
+            self._publish(exited=True)
             self._producer.flush(5)

@@ -29,7 +29,9 @@ STANDARD_TOPICS = (
     # a replayed record's dead letter at once, so they stay until an operator acts.
     TopicSpec("dead-letter", 1, {"retention.ms": "-1"}),
     TopicSpec("connect-offsets", 5, COMPACTED),
-    TopicSpec("connect-status", 1, COMPACTED),
+    # Every task re-writes its status every STATUS_HEARTBEAT_INTERVAL_MS; compaction never touches
+    # the open segment, so an hour-long segment keeps what `labconnect status` reads small.
+    TopicSpec("connect-status", 1, {**COMPACTED, "segment.ms": "3600000"}),
 )
 
 

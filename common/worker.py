@@ -56,7 +56,8 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
     """Run the connector's task until stopped. Returns the process exit code."""
     name = connector_name or settings.connector_name or spec.name
     control = Control()
-    status = StatusReporter(name, settings.task_id, spec.kind, settings.status_topic, settings.kafka_properties())
+    status = StatusReporter(name, settings.task_id, spec.kind, settings.status_topic, settings.kafka_properties(),
+                            settings.status_heartbeat_interval_ms)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(control, settings.shutdown_timeout_ms / 1000.0 + 5)
     server = None
