@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import collections
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LABELS = ("connector", "task")
@@ -22,8 +27,9 @@ LAST_ERROR = Gauge("labconnect_last_error_timestamp_seconds", "When the last err
 class TaskMetrics:
     """The metric children of one task, bound once (label lookups stay off the hot path)."""
 
-    def __init__(self, connector: str, task_id: int) -> None:
+    def __init__(self, connector: str, task_id: int, kind: str) -> None:
         labels = (connector, str(task_id))
+        TASK_INFO.labels(connector, str(task_id), kind).set(1)
         self.source_record_write = SOURCE_RECORD_WRITE.labels(*labels)
         self.sink_record_read = SINK_RECORD_READ.labels(*labels)
         self.sink_record_send = SINK_RECORD_SEND.labels(*labels)
@@ -33,3 +39,115 @@ class TaskMetrics:
         self.dlq_produce = DLQ_PRODUCE.labels(*labels)
         self.batch_seconds = BATCH_SECONDS.labels(*labels)
         self.last_error = LAST_ERROR.labels(*labels)
+
+
+# Event metrics, named as the event-driven services of the lab name theirs. Labels are
+# topic, partition and consumer group only. They are fed cheaply: deliveries are counted in
+# the producer's existing delivery callback and handed to Prometheus once per batch; lag
+# comes from librdkafka's statistics (every few seconds), never from per-record work.
+EVENTS_PUBLISHED = Counter("kafka_events_published_total", "Records delivered to (and committed on) a topic",
+                           ("topic",))
+PUBLISH_LATENCY = Histogram("kafka_publish_latency_seconds",
+                            "Produce call to broker acknowledgement, one sample per topic and batch", ("topic",),
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+EVENTS_CONSUMED = Counter("kafka_events_consumed_total", "Records a sink consumed from a topic",
+                          ("topic", "consumer_group"))
+CONSUMER_LAG = Gauge("kafka_consumer_lag", "Records between the group's committed offset and the end of the "
+                     "partition (the last stable offset under read_committed)", ("topic", "partition", "consumer_group"))
+TASK_INFO = Gauge("labconnect_task_info", "1 per task process: joins the kafka_* metrics (no connector label) "
+                  "to their connector by instance", ("connector", "task", "type"))
+
+
+class PublishMeter:
+    """Counts a producer's deliveries per topic. :meth:`delivered` runs in the delivery
+    callback, once per record, so it only touches a dict; :meth:`publish` hands the counts
+    to Prometheus after the batch's transaction committed, :meth:`discard` forgets them
+    when it was aborted (an aborted record was never published to read_committed readers).
+
+    The latency histogram takes the first delivery of each topic in a batch: the record
+    that waited longest in the producer's queue, without a histogram update per record."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._latency: dict[str, float | None] = {}
+
+    def delivered(self, message: Any) -> None:
+        topic = message.topic()
+        count = self._counts.get(topic)
+        if count is None:
+            self._counts[topic] = 1
+            self._latency[topic] = message.latency()
+        else:
+            self._counts[topic] = count + 1
+
+    def publish(self) -> None:
+        for topic, count in self._counts.items():
+            EVENTS_PUBLISHED.labels(topic).inc(count)
+            latency = self._latency.get(topic)
+            if latency is not None and latency >= 0:
+                PUBLISH_LATENCY.labels(topic).observe(latency)
+        self.discard()
+
+    def discard(self) -> None:
+        self._counts = {}
+        self._latency = {}
+
+
+class ConsumeMeter:
+    """Counts what a sink consumed, per topic, once per fetch."""
+
+    def __init__(self, group: str, topics: Sequence[str]) -> None:
+        self._children = {topic: EVENTS_CONSUMED.labels(topic, group) for topic in topics}
+        self._group = group
+        self._only = self._children[topics[0]] if len(topics) == 1 else None
+
+    def consumed(self, messages: Sequence[Any]) -> None:
+        if self._only is not None:  # the usual case, one topic: no look at the records at all
+            self._only.inc(len(messages))
+            return
+        for topic, count in collections.Counter(m.topic() for m in messages).items():
+            child = self._children.get(topic)
+            if child is None:  # a topic matched by a pattern subscription
+                child = self._children[topic] = EVENTS_CONSUMED.labels(topic, self._group)
+            child.inc(count)
+
+
+class ConsumerLag:
+    """``kafka_consumer_lag`` from a consumer's librdkafka statistics: per assigned partition,
+    ``consumer_lag`` (end of the partition minus the committed offset). Partitions no longer
+    assigned are removed, so a revoked partition does not show a stale lag."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._shown: set[tuple[str, str]] = set()
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        shown: set[tuple[str, str]] = set()
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for partition, p in topic_stats.get("partitions", {}).items():
+                lag = p.get("consumer_lag", -1)
+                if partition == "-1" or not p.get("desired") or lag < 0:
+                    continue
+                CONSUMER_LAG.labels(topic, partition, self.group).set(lag)
+                shown.add((topic, partition))
+        for topic, partition in self._shown - shown:
+            CONSUMER_LAG.remove(topic, partition, self.group)
+        self._shown = shown
+
+    def clear(self) -> None:
+        for topic, partition in self._shown:
+            CONSUMER_LAG.remove(topic, partition, self.group)
+        self._shown = set()
+
+
+def with_stats_listener(config: dict[str, Any], listener: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """``config`` whose ``stats_cb`` (if any, e.g. the readiness watch) also feeds ``listener``
+    the parsed statistics; statistics are turned on if nothing asked for them yet."""
+    previous = config.get("stats_cb")
+
+    def on_stats(stats_json: str) -> None:
+        if previous is not None:
+            previous(stats_json)
+        listener(json.loads(stats_json))
+
+    return {"statistics.interval.ms": 5000, **config, "stats_cb": on_stats}

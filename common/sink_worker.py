@@ -33,7 +33,7 @@ from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import TaskFailed, is_retriable, safe_message
 from common.kafka_clients import with_log
-from common.metrics import TaskMetrics
+from common.metrics import ConsumeMeter, ConsumerLag, TaskMetrics, with_stats_listener
 from common.records import SinkRecord
 from common.retry import RetryPolicy, call_with_retries
 from common.serde import Serde, SerializationError, make_serde
@@ -107,13 +107,16 @@ class SinkWorker:
         self.control = control
         self.name = settings.connector_name or spec.name
         self.serde = serde or make_serde(settings.schema_registry_url, settings.schema_registry_auto_register)
-        self.metrics = TaskMetrics(self.name, settings.task_id)
+        self.metrics = TaskMetrics(self.name, settings.task_id, "sink")
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
         self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
                                          settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
         kafka = with_log(settings.kafka_properties())  # librdkafka's lines in the connector's log format
-        self.consumer = Consumer({
-            "group.id": f"connect-{self.name}",
+        group = f"connect-{self.name}"
+        self.consumed = ConsumeMeter(group, settings.topic_list)
+        self.lag = ConsumerLag(group)
+        self.consumer = Consumer(with_stats_listener({
+            "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -121,7 +124,7 @@ class SinkWorker:
             "partition.assignment.strategy": "range",
             **kafka,
             **status.kafka.client_config(),  # GET /ready: is this consumer connected?
-        })
+        }, self.lag.on_stats))  # kafka_consumer_lag, from the statistics librdkafka computes anyway
         self.dlq = DeadLetterQueue(
             Producer({"enable.idempotence": True, "linger.ms": 5, **kafka}),
             settings.errors_deadletterqueue_topic_name, self.name, settings.task_id,
@@ -136,6 +139,8 @@ class SinkWorker:
         self._revoked_while_delivering = False
         self._callback_error: BaseException | None = None
         self._assigned: list[TopicPartition] = []
+        self._committed: dict[TP, int] = {}  # what this task last committed, per partition
+        self._next_marker_check = 0.0
         self._shutdown_deadline = float("inf")  # set when a shutdown begins
 
     # ----------------------------------------------------------------- main loop
@@ -158,6 +163,7 @@ class SinkWorker:
                     self._accept(messages)
                 else:  # idle: serve the DLQ producer's log lines (they wait in its queue until polled)
                     self.dlq.producer.poll(0)
+                    self._commit_past_markers()
                 if self._should_flush(time.monotonic()):
                     self._flush_and_commit()
             self._shutdown()
@@ -221,6 +227,7 @@ class SinkWorker:
             size += len(raw_value or b"") + len(raw_key or b"")
         self.batch.extend(accepted, size, now)
         self.metrics.sink_record_read.inc(len(messages))
+        self.consumed.consumed(messages)
 
     def _peek(self, raw_value: bytes, reader_schema: str | None) -> tuple[None, str]:
         """For ``raw_values`` tasks: framing and writer schema checked, body left encoded."""
@@ -255,6 +262,7 @@ class SinkWorker:
             self._retrying(self.dlq.flush, "dead-letter flush")
             if offsets:
                 self._retrying(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), "offset commit")
+                self._note_committed(offsets)
                 self.metrics.offset_commit.inc()
         except _Abandoned:
             log.warning("partitions revoked during retries; the batch will be redelivered")
@@ -267,6 +275,30 @@ class SinkWorker:
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         if (self.status.state != TaskState.RUNNING or self.status.trace) and not self.control.paused.is_set():
             self.status.set(TaskState.RUNNING)  # recovered: clears the retry trace
+
+    def _note_committed(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _commit_past_markers(self) -> None:
+        """Idle with nothing buffered, a position past the last commit means only transaction
+        markers were read since (a source's commit marker follows its last record): commit it,
+        so that the group's lag (end of partition minus committed offset) gets back to 0."""
+        now = time.monotonic()
+        if self.batch.dirty or not self._assigned or now < self._next_marker_check:
+            return
+        self._next_marker_check = now + 1.0
+        committed = self._committed
+        ahead = [tp for tp in self.consumer.position([TopicPartition(tp.topic, tp.partition) for tp in self._assigned])
+                 if tp.offset >= 0 and committed.get((tp.topic, tp.partition)) != tp.offset]
+        if not ahead:
+            return
+        try:
+            self.consumer.commit(offsets=ahead, asynchronous=False)
+        except KafkaException as exc:  # a rebalance under way, say: the next idle moment tries again
+            log.debug("commit past transaction markers failed: %s", safe_message(exc))
+            return
+        self._note_committed(ahead)
 
     def _positions(self) -> list[TopicPartition]:
         """Committable positions of the partitions that have something in this batch."""
@@ -357,6 +389,7 @@ class SinkWorker:
         positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         if positions:
             self._retrying(lambda: self.consumer.commit(offsets=positions, asynchronous=False), "offset commit")
+            self._note_committed(positions)
 
     def _retrying(self, operation: Any, what: str) -> Any:
         return call_with_retries(operation, self.retry, what, on_retry=self._on_retry, wait=self._wait_paused)
@@ -523,6 +556,7 @@ class SinkWorker:
         self._shutdown_deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000.0
         self._flush_and_commit()
         self.consumer.close()  # revokes: nothing left to flush
+        self.lag.clear()
         self.dlq.flush(5)
         self.status.set(TaskState.STOPPED)
 
@@ -531,6 +565,7 @@ class SinkWorker:
         try:
             self.batch.clear()
             self.task.abort()
+            self.lag.clear()
             self.consumer.close()
         except Exception:
             pass

@@ -25,7 +25,7 @@ from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import RetriableError, TaskFailed, is_retriable, safe_message
 from common.kafka_clients import with_log
-from common.metrics import TaskMetrics
+from common.metrics import PublishMeter, TaskMetrics
 from common.records import DeadLetter, SourceRecord
 from common.retry import RetryPolicy, call_with_retries
 from common.serde import Serde, make_serde
@@ -129,7 +129,8 @@ class SourceWorker:
         self.control = control
         self.name = connector_name or settings.connector_name or spec.name
         self.serde = serde or make_serde(settings.schema_registry_url, settings.schema_registry_auto_register)
-        self.metrics = TaskMetrics(self.name, settings.task_id)
+        self.metrics = TaskMetrics(self.name, settings.task_id, "source")
+        self.published = PublishMeter()
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
         self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
                                          settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
@@ -256,8 +257,10 @@ class SourceWorker:
                 raise RetriableError(f"{len(self._delivery_errors)} records failed delivery")
         except BaseException as exc:
             self._delivery_errors.clear()
+            self.published.discard()
             self._abort(batch, exc)
             raise
+        self.published.publish()
         context._update({k: v for k, (_, v) in latest.items()})
         self.metrics.source_record_write.inc(written)
         self.metrics.offset_commit.inc()
@@ -273,9 +276,11 @@ class SourceWorker:
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
+    def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._delivery_errors.append(str(err))
+        else:
+            self.published.delivered(msg)
 
     def _dead_letter(self, payload: bytes, key: bytes | None, headers: list[tuple[str, bytes]], stage: str,
                      error: BaseException) -> None:
