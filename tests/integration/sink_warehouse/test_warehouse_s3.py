@@ -19,7 +19,7 @@ from common.errors import PermanentError, RetriableError
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.task import WarehouseSinkTask
 import warehouse_records as helpers
-from warehouse_fault_proxy import FaultProxy
+from devstack.s3_fault_proxy import FaultProxy
 
 HOUR_MS, T0 = helpers.HOUR_MS, helpers.T0
 MIB = 1024 * 1024

@@ -1,4 +1,5 @@
-"""A tiny HTTP proxy in front of moto that answers 503 SlowDown to the first N requests.
+"""A tiny HTTP proxy in front of moto that answers 503 SlowDown: to the first N requests,
+or to every request during an outage (``fail_for(seconds)``).
 
 moto's server has no fault injection; this stands in for S3 having a bad minute.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -15,9 +17,10 @@ _SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Cod
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, fail_first: int) -> None:
+    def __init__(self, upstream: str, fail_first: int = 0) -> None:
         self.upstream = urlsplit(upstream)
         self.remaining = fail_first
+        self.outage_until = 0.0  # time.monotonic() before which every request fails
         self.failed = 0
         self.forwarded = 0
         self._lock = threading.Lock()
@@ -29,15 +32,31 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> FaultProxy:
-        self.thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        """Serve in a background thread; returns the endpoint URL."""
+        self.thread.start()
+        return self.endpoint_url
+
+    def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
+    def fail_for(self, seconds: float) -> None:
+        """Answer 503 SlowDown to every request for the next ``seconds``."""
+        with self._lock:
+            self.outage_until = time.monotonic() + seconds
+
     def _should_fail(self) -> bool:
         with self._lock:
+            if time.monotonic() < self.outage_until:
+                self.failed += 1
+                return True
             if self.remaining > 0:
                 self.remaining -= 1
                 self.failed += 1

@@ -1,0 +1,1 @@
+"""The crash drill: see ``python -m devstack.drill --help``."""
