@@ -69,6 +69,12 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     return dlq_main(list(args.rest))
 
 
+def _cmd_offsets(args: argparse.Namespace) -> int:
+    from common.offsets_tool import main as offsets_main
+
+    return offsets_main(list(args.rest))
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from common.topics import main as topics_main
 
@@ -81,7 +87,8 @@ def _cmd_notify(args: argparse.Namespace) -> int:
     return int(tool(list(args.rest)))
 
 
-_TOOLS = {"status": _cmd_status, "dlq": _cmd_dlq, "topics": _cmd_topics, "notify": _cmd_notify}
+_TOOLS = {"status": _cmd_status, "dlq": _cmd_dlq, "offsets": _cmd_offsets, "topics": _cmd_topics,
+          "notify": _cmd_notify}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler, text in (
         ("status", _cmd_status, "one view of every connector's status"),
-        ("dlq", _cmd_dlq, "inspect and re-drive the dead-letter queue"),
+        ("dlq", _cmd_dlq, "summarise, inspect and re-drive the dead-letter queue"),
+        ("offsets", _cmd_offsets, "show or reset where a connector resumes (`offsets get|reset <connector>`)"),
         ("topics", _cmd_topics, "create the project's topics"),
         ("notify", _cmd_notify, "the notification sink's ledger: `notify report --since 24h`"),
     ):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.config import WorkerSettings
+from common.offset_reset import SinkOffsetStore, SourceOffsetRules
 from common.task import SinkTask, SourceTask
 
 
@@ -27,6 +28,12 @@ class ConnectorSpec:
     migrate: Callable[[WorkerSettings], None] | None = None
     # The connector's own operator command (`labconnect notify ...` for sink-notify): argv -> exit code.
     tool: Callable[[list[str]], int] | None = None
+    # Sink whose task keeps its own offsets (``SinkTask.open`` returns them): `labconnect offsets`
+    # reads and moves them beside the consumer group's, so a reset changes where it resumes.
+    offset_store: Callable[[WorkerSettings], SinkOffsetStore] | None = None
+    # Source: what `labconnect offsets reset` means for each of its source partitions
+    # (without it, only --to-earliest, which removes the source offsets).
+    source_offsets: Callable[[WorkerSettings], SourceOffsetRules] | None = None
 
     def reader_schema(self, topic: str) -> str | None:
         return self.reader_schemas.get(topic, self.default_reader_schema)

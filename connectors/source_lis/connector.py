@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.connector import ConnectorSpec
+from connectors.source_lis.offsets import offset_rules
 from connectors.source_lis.settings import LisSettings
 from connectors.source_lis.task import LisSourceTask
 
@@ -20,4 +21,5 @@ CONNECTOR = ConnectorSpec(
     settings=LisSettings,
     task_factory=make_task,
     description="Lab results from a LIS (FHIR R4 or HL7 v2 ORU^R01 over MLLP) as LabResult/LabReport/PatientContact",
+    source_offsets=offset_rules,
 )

@@ -52,6 +52,15 @@ CASES = [
      f"cannot reach Kafka at {UNREACHABLE}"),
     ("topics create, broker unreachable", ["topics", "create", "--bootstrap", UNREACHABLE], {}, 1,
      f"cannot reach Kafka at {UNREACHABLE}"),
+    ("offsets get, broker unreachable", ["offsets", "get", "sink-warehouse"], {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE},
+     1, f"cannot reach Kafka at {UNREACHABLE}"),
+    ("offsets reset of a source, broker unreachable", ["offsets", "reset", "source-lis", "--to-earliest"],
+     {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE, "LIS_MODE": "hl7-mllp"}, 1, f"cannot reach Kafka at {UNREACHABLE}"),
+    ("offsets reset to a time without a zone", ["offsets", "reset", "sink-billing", "--to-datetime",
+                                                "2026-03-01T08:00"], {}, 2, "--to-datetime: '2026-03-01T08:00' has no"),
+    ("offsets reset to a time that is none", ["offsets", "reset", "sink-billing", "--to-datetime", "yesterday"], {}, 2,
+     "--to-datetime: 'yesterday' is not an ISO 8601 time"),
+    ("offsets of a source missing its settings", ["offsets", "get", "source-lis"], {}, 2, "LIS_MODE"),
 ]
 
 
