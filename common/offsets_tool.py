@@ -13,8 +13,8 @@ and ``KAFKA_*`` settings): the tool reads the same configuration the connector d
   each source partition is the connector's to say (README: "Offsets").
 
 A reset is refused (exit 1) while an instance of the connector runs: a sink's group has
-members, or a source task's latest state in the status topic is running, paused or
-restarting. Stop it first (SIGTERM, or ``PUT /connectors/<name>/stop``).
+members, or a source task that is not STOPPED has a live process (its heartbeat in the
+status topic is fresh: :func:`common.status_view.live_instances`). Stop it first (SIGTERM, or ``PUT /connectors/<name>/stop``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from common.offset_reset import ResetTarget, SourceOffsetChange
 from common.source_worker import offset_key, read_source_offsets
 
 TIMEOUT_S = 30.0
-# States in which a task may still be writing offsets (STOPPED and FAILED tasks are not).
-LIVE_STATES = {"RUNNING", "PAUSED", "UNASSIGNED", "RESTARTING"}
 
 
 class ResetRefused(ConnectorError):
@@ -195,11 +193,13 @@ class SourceOffsets:
         return self.rules.describe(partition, offset) if self.rules is not None else json.dumps(offset)
 
     def live_tasks(self) -> list[str]:
-        from common.status_view import read_statuses
+        """Tasks that may still write source offsets: in a live process (heartbeats), not STOPPED
+        (a stopped task reads its offsets again when resumed)."""
+        from common.status_view import live_instances
 
-        statuses = read_statuses(self.settings.kafka_bootstrap_servers, self.settings.status_topic)
-        return [f"task {task['id']} {task['state']}" for value in statuses.values() if value.get("name") == self.name
-                for task in value["tasks"] if task["state"] in LIVE_STATES]
+        return [f"task {task.task_id} {task.state}" for task in
+                live_instances(self.name, self.settings.kafka_bootstrap_servers, self.settings.status_topic)
+                if task.state != "STOPPED"]
 
     def changes(self, target: ResetTarget) -> list[tuple[dict[str, Any], SourceOffsetChange]]:
         stored = self.stored()
