@@ -224,7 +224,9 @@ class SourceOffsets:
         changes = self.changes(target)
         if dry_run:
             return changes
-        producer = Producer({**self.kafka, "enable.idempotence": True})
+        # The workers' partitioner: a key's new value must land on the partition holding its old
+        # one, or a reader of the offsets topic may see them in either order.
+        producer = Producer({**self.kafka, "enable.idempotence": True, "partitioner": "murmur2_random"})
         errors: list[str] = []
         for partition, change in changes:
             if change.keep:
