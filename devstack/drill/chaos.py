@@ -113,7 +113,7 @@ class ChaosLoop:
 
     def _timeline(self) -> None:
         plan, stack = self.plan, self.stack
-        if not self._at(0.15):
+        if not self._at(0.1):
             return
         self._aside(self._s3_outage)
         if not self._at(0.25):
@@ -148,13 +148,14 @@ class ChaosLoop:
         self.log.fault(f"broker restarted after {self.log.broker_down_s:.0f}s down")
 
     def _s3_outage(self) -> None:
-        """503s for the planned time, longer (up to twice) until the warehouse has met a few:
-        a warehouse busy restarting could otherwise sleep through the whole outage."""
+        """503s for the planned time, longer (at most until the chaos ends) until the warehouse
+        has met a few: a warehouse with nothing to write (the broker down) or restarting could
+        otherwise sleep through the whole outage."""
         proxy, began = self.stack.s3_proxy, time.monotonic()
         refused_before = proxy.failed
         proxy.fail_for(self.plan.s3_outage_s)
         time.sleep(self.plan.s3_outage_s)
-        while proxy.failed - refused_before < 3 and time.monotonic() - began < 3 * self.plan.s3_outage_s:
+        while proxy.failed - refused_before < 3 and time.monotonic() - self.started < self.plan.duration_s:
             proxy.fail_for(1.0)
             time.sleep(1.0)
         proxy.fail_for(0)
