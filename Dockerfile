@@ -1,18 +1,21 @@
 # One image for all four connectors: `docker run labconnect run sink-billing`.
 # Configuration is by environment variables only (see README).
 
-FROM python:3.11-slim AS build
+FROM python:3.11.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY common ./common
 COPY connectors ./connectors
+# Reproducible: every dependency at the version and hash in requirements.lock (scripts/lock
+# regenerates it), then the project without resolving anything again.
 RUN python -m venv /opt/labconnect \
  && /opt/labconnect/bin/pip install --upgrade pip \
- && /opt/labconnect/bin/pip install . \
+ && /opt/labconnect/bin/pip install --require-hashes -r requirements.lock \
+ && /opt/labconnect/bin/pip install --no-deps . \
  && find /opt/labconnect -name '__pycache__' -prune -exec rm -rf {} +
 
-FROM python:3.11-slim
+FROM python:3.11.11-slim
 # Only the virtualenv and the schemas: no compilers, no pip cache, no sources.
 COPY --from=build /opt/labconnect /opt/labconnect
 COPY schemas /opt/labconnect/schemas
