@@ -1,6 +1,8 @@
-"""`labconnect dlq show|redrive`: inspect the dead-letter queue and send records back.
+"""`labconnect dlq list|show|redrive`: summarise the dead-letter queue, inspect it, send records back.
 
-``show`` prints each dead letter's context (origin topic/partition/offset, connector,
+``list`` counts dead letters by connector, stage and exception class, with the oldest and
+newest record timestamps of each (a sink's dead letter keeps its original record's
+timestamp) and how many had been re-driven before and failed again. ``show`` prints each dead letter's context (origin topic/partition/offset, connector,
 stage, exception class and scrubbed message), never its contents. ``redrive``
 re-produces dead letters, byte-for-byte with their original key, headers and timestamp
 (the ``__connect.errors.*`` context is dropped, a ``__labconnect.redriven.from`` header
@@ -13,16 +15,24 @@ in one Kafka transaction. An interrupted or repeated re-drive therefore never se
 record twice and never skips one. A record it cannot re-drive (a source's raw input has no
 origin topic) is counted and passed; a target topic that does not exist stops the run
 before anything of that batch is committed.
+
+A re-drive prints its progress to stderr and warns when re-driven records fail again: a
+dead letter it reads that carries ``__labconnect.redriven.from`` was re-driven before and
+came back, and with ``--watch SECONDS`` it keeps reading the dead-letter queue that long
+after re-driving and counts the records of this run that come straight back.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -33,6 +43,7 @@ from common.dlq import HEADER_PREFIX
 
 REDRIVEN_FROM = "__labconnect.redriven.from"
 BATCH = 500
+PROGRESS_EVERY_S = 2.0
 
 
 class RedriveError(Exception):
@@ -102,6 +113,78 @@ def show(bootstrap: str | None, topic: str, limit: int, connector: str | None) -
     return 0
 
 
+@dataclass
+class DeadLetterGroup:
+    """Dead letters of one connector, stage and exception class."""
+
+    connector: str
+    stage: str
+    error_class: str
+    count: int = 0
+    came_back: int = 0  # re-driven before, and dead-lettered again
+    oldest_ms: int | None = None
+    newest_ms: int | None = None
+
+    def add(self, timestamp_ms: int | None, redriven: bool) -> None:
+        self.count += 1
+        self.came_back += redriven
+        if timestamp_ms is not None and timestamp_ms > 0:
+            self.oldest_ms = timestamp_ms if self.oldest_ms is None else min(self.oldest_ms, timestamp_ms)
+            self.newest_ms = timestamp_ms if self.newest_ms is None else max(self.newest_ms, timestamp_ms)
+
+
+def summarise(bootstrap: str | None, topic: str, connector: str | None = None) -> list[DeadLetterGroup]:
+    """Every dead letter of ``topic`` (of ``connector`` only, when given), grouped."""
+    config = client_properties(bootstrap)
+    require_reachable(config)
+    consumer = Consumer({**config, "group.id": f"dlq-list-{uuid.uuid4().hex}", "logger": TOOL_LOG,
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    groups: dict[tuple[str, str, str], DeadLetterGroup] = {}
+    try:
+        partitions = _partitions(consumer, topic)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        for batch in _read(consumer, partitions):
+            for message in batch:
+                ctx = _context(message)
+                name = ctx.get("connector.name") or "-"
+                if connector and name != connector:
+                    continue
+                key = (name, ctx.get("stage") or "-", ctx.get("exception.class.name") or "-")
+                group = groups.get(key) or groups.setdefault(key, DeadLetterGroup(*key))
+                group.add(message.timestamp()[1], _redriven_from(message) is not None)
+    finally:
+        consumer.close()
+    return sorted(groups.values(), key=lambda g: (g.connector, g.stage, -g.count))
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def list_dead_letters(bootstrap: str | None, topic: str, connector: str | None, as_json: bool) -> int:
+    groups = summarise(bootstrap, topic, connector)
+    if as_json:
+        print(json.dumps([{**vars(g), "oldest": _iso(g.oldest_ms), "newest": _iso(g.newest_ms)} for g in groups],
+                         indent=2))
+        return 0
+    print(f"{'CONNECTOR':<24} {'STAGE':<16} {'COUNT':>7} {'CAME BACK':>9} {'OLDEST':<20} {'NEWEST':<20} ERROR CLASS")
+    for g in groups:
+        print(f"{g.connector:<24} {g.stage:<16} {g.count:>7} {g.came_back:>9} {_iso(g.oldest_ms):<20} "
+              f"{_iso(g.newest_ms):<20} {g.error_class}")
+    print(f"({sum(g.count for g in groups)} dead letters in {topic}"
+          f"{', of ' + connector if connector else ''}; CAME BACK: re-driven before and dead-lettered again)")
+    return 0
+
+
+def _redriven_from(message: Any) -> str | None:
+    for key, value in reversed(message.headers() or []):
+        if key == REDRIVEN_FROM:
+            return (value or b"").decode(errors="replace")
+    return None
+
+
 class _Redrive:
     def __init__(self, bootstrap: str | None, topic: str, to: str | None, connector: str | None, group: str,
                  dry_run: bool) -> None:
@@ -117,16 +200,42 @@ class _Redrive:
                                       "partitioner": "murmur2_random", "linger.ms": 5})
             self.producer.init_transactions(30)
         self.known_topics: set[str] = set()
-        self.sent = self.passed = self.filtered = 0
+        self.sent = self.passed = self.filtered = self.read = self.total = 0
+        self.came_back: list[str] = []  # origins of dead letters that had been re-driven before
+        self.redriven: set[str] = set()  # REDRIVEN_FROM values this run sent
+        self._progress_at = time.monotonic()
 
     def run(self) -> None:
         partitions = _partitions(self.consumer, self.topic)
         tps = [TopicPartition(self.topic, p) for p in partitions]
         committed = self.consumer.committed(tps, timeout=30)
+        for tp in committed:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
+            self.total += max(0, high - max(low, tp.offset))
         self.consumer.assign([TopicPartition(self.topic, tp.partition,
                                              tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed])
+        print(f"redrive: {self.total} dead letters to read in {self.topic} (all connectors') since the last "
+              "re-drive", file=sys.stderr, flush=True)
         for batch in _read(self.consumer, partitions):
             self._redrive(batch)
+            self.read += len(batch)
+            if time.monotonic() - self._progress_at >= PROGRESS_EVERY_S:
+                self._progress_at = time.monotonic()
+                print(f"redrive: {self.read} of about {self.total} dead letters read, {self.sent} re-driven",
+                      file=sys.stderr, flush=True)
+
+    def watch(self, seconds: float) -> int:
+        """Read what reaches the dead-letter queue for ``seconds``; how many of this run's
+        re-driven records came back."""
+        back = 0
+        deadline = time.monotonic() + seconds
+        while self.redriven and time.monotonic() < deadline:
+            for message in self.consumer.consume(BATCH, timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+                if message.error() is None and _redriven_from(message) in self.redriven:
+                    back += 1
+            if back >= len(self.redriven):  # every one came back: nothing left to wait for
+                break
+        return back
 
     def _redrive(self, batch: list[Any]) -> None:
         outgoing = []
@@ -140,9 +249,16 @@ class _Redrive:
                 continue
             target = self.to or ctx["topic"]
             self._require_topic(target)
-            headers = [(k, v) for k, v in (message.headers() or []) if not k.startswith(HEADER_PREFIX)]
-            headers.append((REDRIVEN_FROM, f"{self.topic}/{message.partition()}/{message.offset()}".encode()))
+            if _redriven_from(message) is not None:
+                self.came_back.append(f"{ctx['topic']}[{ctx.get('partition', '-')}]@{ctx.get('offset', '-')}")
+            # The context of this failure is dropped, and so is an earlier re-drive's mark: one origin each.
+            headers = [(k, v) for k, v in (message.headers() or [])
+                       if not k.startswith(HEADER_PREFIX) and k != REDRIVEN_FROM]
+            origin = f"{self.topic}/{message.partition()}/{message.offset()}"
+            headers.append((REDRIVEN_FROM, origin.encode()))
             outgoing.append((target, message, headers))
+            if not self.dry_run:
+                self.redriven.add(origin)
         if self.dry_run or self.producer is None:
             self.sent += len(outgoing)
             return
@@ -189,10 +305,11 @@ class _Redrive:
 
 
 def redrive(bootstrap: str | None, topic: str, to: str | None, connector: str | None, group: str | None,
-            dry_run: bool) -> int:
+            dry_run: bool, watch_s: float = 0.0) -> int:
     job = _Redrive(bootstrap, topic, to, connector, group or f"labconnect-dlq-redrive-{connector or 'all'}", dry_run)
     try:
         job.run()
+        back = job.watch(watch_s) if watch_s > 0 else 0
     except (RedriveError, KafkaException) as exc:
         print(f"redrive stopped: {exc}; {job.sent} re-driven and committed before that, run it again "
               "once fixed", file=sys.stderr)
@@ -201,12 +318,18 @@ def redrive(bootstrap: str | None, topic: str, to: str | None, connector: str | 
         job.close()
     print(f"{'would re-drive' if dry_run else 're-drove'} {job.sent} dead letters "
           f"({job.filtered} of other connectors, {job.passed} source inputs without an origin topic)")
+    if job.came_back:
+        print(f"warning: {len(job.came_back)} of these had been re-driven before and were dead-lettered again "
+              f"(first: {', '.join(job.came_back[:3])}): is the cause fixed?", file=sys.stderr)
+    if back:
+        print(f"warning: {back} of the {job.sent} re-driven records came straight back to {topic} within "
+              f"{watch_s:.0f}s: the cause is not fixed", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="labconnect dlq", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["show", "redrive"])
+    parser.add_argument("action", choices=["list", "show", "redrive"])
     parser.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
     parser.add_argument("--topic", default=os.environ.get("ERRORS_DEADLETTERQUEUE_TOPIC_NAME", "dead-letter"))
     parser.add_argument("--connector", help="only dead letters of this connector")
@@ -215,7 +338,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--group", default=None,
                         help="consumer group that tracks progress (default: one per --connector filter)")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
+                        help="redrive: read the DLQ this long after re-driving and warn about records that come back")
+    parser.add_argument("--json", action="store_true", help="list: as JSON")
     args = parser.parse_args(argv)
+    if args.action == "list":
+        return list_dead_letters(args.bootstrap, args.topic, args.connector, args.json)
     if args.action == "show":
         return show(args.bootstrap, args.topic, args.limit, args.connector)
-    return redrive(args.bootstrap, args.topic, args.to, args.connector, args.group, args.dry_run)
+    return redrive(args.bootstrap, args.topic, args.to, args.connector, args.group, args.dry_run, args.watch)

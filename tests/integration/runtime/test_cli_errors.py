@@ -52,6 +52,8 @@ CASES = [
      f"cannot reach Kafka at {UNREACHABLE}"),
     ("topics create, broker unreachable", ["topics", "create", "--bootstrap", UNREACHABLE], {}, 1,
      f"cannot reach Kafka at {UNREACHABLE}"),
+    ("dlq list, broker unreachable", ["dlq", "list", "--bootstrap", UNREACHABLE], {}, 1,
+     f"cannot reach Kafka at {UNREACHABLE}"),
     ("offsets get, broker unreachable", ["offsets", "get", "sink-warehouse"], {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE},
      1, f"cannot reach Kafka at {UNREACHABLE}"),
     ("offsets reset of a source, broker unreachable", ["offsets", "reset", "source-lis", "--to-earliest"],
