@@ -74,6 +74,12 @@ class FaultProxy:
                 pass
 
             def _relay(self) -> None:
+                try:
+                    self._forward()
+                except ConnectionError:
+                    self.close_connection = True  # the client went away mid-request (a killed process)
+
+            def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if proxy._should_fail():
