@@ -3,7 +3,9 @@
 Field ``foo_bar`` is read from ``FOO_BAR``; ``FOO_BAR_FILE=/run/secrets/x`` reads the
 value from a file instead (Docker/Kubernetes secrets). Kafka client properties pass
 through by prefix, the Confluent image's convention: ``KAFKA_SASL_MECHANISM`` becomes
-``sasl.mechanism``; one librdkafka does not know is a bad setting. A bad or missing setting
+``sasl.mechanism``; one librdkafka does not know is a bad setting. The schema registry
+client's properties pass through the same way: ``SCHEMA_REGISTRY_SSL_CA_LOCATION`` becomes
+``ssl.ca.location``, ``SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO(_FILE)`` ``basic.auth.user.info``. A bad or missing setting
 raises :class:`ConfigError` naming every bad variable; the CLI turns it into exit code 2.
 """
 
@@ -56,7 +58,9 @@ LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], B
 
 # Settings the runtime owns; any other KAFKA_* variable is a client property.
 _KAFKA_OWN = {"KAFKA_BOOTSTRAP_SERVERS"}
-_SECRET_WORDS = ("password", "secret", "token", "key", "credentials", "sasl.jaas")
+# Settings the runtime owns; any other SCHEMA_REGISTRY_* variable is a registry client property.
+_REGISTRY_OWN = {"SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_AUTO_REGISTER"}
+_SECRET_WORDS = ("password", "secret", "token", "key", "credentials", "sasl.jaas", "user.info")
 _ADMIN_TOKEN_MIN_LENGTH = 16
 
 
@@ -111,6 +115,14 @@ class WorkerSettings(BaseSettings):
             raise ConfigError(problems)
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **props}
 
+    def schema_registry_properties(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The schema registry client's properties (TLS, basic auth...) from SCHEMA_REGISTRY_* variables."""
+        props, _, problems = _passthrough_properties(os.environ if environ is None else environ,
+                                                     "SCHEMA_REGISTRY_", _REGISTRY_OWN)
+        if problems:
+            raise ConfigError(problems)
+        return props
+
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with secrets replaced, for --print-config."""
         out: dict[str, Any] = {}
@@ -118,6 +130,8 @@ class WorkerSettings(BaseSettings):
             out[name.upper()] = _redact(name, value)
         for prop, value in self.kafka_properties().items():
             out[f"kafka:{prop}"] = _redact(prop, value)
+        for prop, value in self.schema_registry_properties().items():
+            out[f"schema-registry:{prop}"] = _redact(prop, value)
         return out
 
 
@@ -174,18 +188,19 @@ def client_properties(bootstrap: str | None = None, environ: Mapping[str, str] |
     return {"bootstrap.servers": bootstrap, **props}
 
 
-def _passthrough_properties(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
-    """The client properties of the KAFKA_* variables (``KAFKA_X_FILE`` read from its file), the
-    variable each came from, and the files that cannot be read."""
+def _passthrough_properties(env: Mapping[str, str], prefix: str = "KAFKA_", own: set[str] = _KAFKA_OWN,
+                            ) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The client properties of the ``prefix``* variables (``KAFKA_X_FILE`` read from its file),
+    the variable each came from, and the files that cannot be read."""
     props: dict[str, str] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
     for name, value in env.items():
         var = name.upper()
         own_var = var.removesuffix("_FILE")
-        if not own_var.startswith("KAFKA_") or own_var in _KAFKA_OWN:
+        if not own_var.startswith(prefix) or own_var in own:
             continue
-        prop = own_var[len("KAFKA_"):].lower().replace("_", ".")
+        prop = own_var[len(prefix):].lower().replace("_", ".")
         if var != own_var:
             try:
                 value = read_secret_file(var, value)
@@ -250,6 +265,24 @@ def _client_property_problems(props: dict[str, str], sources: dict[str, str]) ->
     return [f"{', '.join(named or sorted(sources.values()))}: {reason}"]
 
 
+def _registry_property_problems(env: Mapping[str, str]) -> list[str]:
+    """The schema registry client's verdict on its passthrough properties (it connects nowhere
+    when made): an unknown name, a user info without a colon, a certificate it cannot load."""
+    props, sources, problems = _passthrough_properties(env, "SCHEMA_REGISTRY_", _REGISTRY_OWN)
+    if problems or not props:
+        return problems
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    url = {k.upper(): v for k, v in env.items()}.get("SCHEMA_REGISTRY_URL") or "http://127.0.0.1"
+    try:
+        SchemaRegistryClient({"url": url, **props})
+    except Exception as exc:  # ValueError, TypeError, ssl.SSLError, OSError: all name a property, not a value
+        reason = redact_url_secrets(str(exc))
+        named = [sources[p] for p in props if p in reason] or sorted(sources.values())
+        return [f"{', '.join(named)}: {reason or type(exc).__name__}"]
+    return []
+
+
 def _redact(name: str, value: Any) -> Any:
     lowered = name.lower()
     if value is not None and any(word in lowered for word in _SECRET_WORDS):
@@ -290,6 +323,7 @@ def load_settings(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
     if issubclass(cls, WorkerSettings):
         props, sources, kafka_problems = _passthrough_properties(env)
         problems += kafka_problems or _client_property_problems(props, sources)
+        problems += _registry_property_problems(env)
     if problems:
         raise ConfigError(problems)
     return settings

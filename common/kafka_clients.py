@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from common.errors import ConnectorError
+from common.errors import ConfigError, ConnectorError
 
 class RepeatFilter(logging.Filter):
     """Lets the first of a run of identical lines through and counts the rest for ``window_s``.
@@ -66,9 +66,37 @@ class BrokerUnreachable(ConnectorError):
     """No broker of the cluster answered; the message names the bootstrap servers and why."""
 
 
-def require_reachable(config: dict[str, Any], timeout: float = 10.0) -> None:
-    """Return once a broker answers a metadata request, or raise :class:`BrokerUnreachable`:
-    at once when every bootstrap server refused or did not resolve, else after ``timeout``."""
+class KafkaAccessRefused(ConfigError):
+    """A broker answered and refused this client: SASL credentials it rejects, a broker
+    certificate the client does not trust, or a client certificate the broker does not.
+    Retrying cannot help, so it is a configuration error (exit 2), naming the settings to check."""
+
+
+_AFTER_STATE = re.compile(r"\s*\(after \d+ms in state \w+\)")
+
+
+def _refused(error: Any) -> bool:
+    from confluent_kafka import KafkaError
+
+    code = error.code()
+    if code in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+        return True
+    # A broker that rejects the client's certificate ends the handshake with a TLS alert, which
+    # librdkafka reports as a transport failure.
+    return code == KafkaError._TRANSPORT and "SSL routines" in error.str()
+
+
+def _refusal(config: dict[str, Any], error: Any) -> KafkaAccessRefused:
+    settings = [f"KAFKA_{name.upper().replace('.', '_')}" for name in config
+                if name.startswith(("sasl.", "ssl.", "security."))]
+    check = f"; check {', '.join(settings)}" if settings else "; check KAFKA_SECURITY_PROTOCOL and its settings"
+    reason = _AFTER_STATE.sub("", error.str())  # librdkafka quotes no secret, only the broker and the cause
+    return KafkaAccessRefused([f"Kafka at {config.get('bootstrap.servers')} refused this client: {reason}{check}"])
+
+
+def _probe(config: dict[str, Any], timeout: float) -> tuple[bool, list[Any], Any]:
+    """One metadata request: (answered, client errors seen, the last exception). Returns early
+    when every bootstrap server refused or did not resolve, or the cluster refused the client."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -78,13 +106,38 @@ def require_reachable(config: dict[str, Any], timeout: float = 10.0) -> None:
     while True:
         try:
             admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
-            return
+            return True, errors, None
         except KafkaException as exc:
             last = exc.args[0] if exc.args else exc
         admin.poll(0)  # serves error_cb
-        all_down = any(error.code() == KafkaError._ALL_BROKERS_DOWN for error in errors)
-        fatal = [error for error in errors if error.fatal() or error.code() == KafkaError._AUTHENTICATION]
-        if all_down or fatal or time.monotonic() >= deadline:
-            causes = fatal or [error for error in errors if error.code() != KafkaError._ALL_BROKERS_DOWN] or [last]
-            reason = causes[-1].str() if hasattr(causes[-1], "str") else str(causes[-1])
-            raise BrokerUnreachable(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {reason}")
+        if any(error.code() == KafkaError._ALL_BROKERS_DOWN or error.fatal() or _refused(error) for error in errors) \
+                or time.monotonic() >= deadline:
+            return False, errors, last
+
+
+def check_access(config: dict[str, Any], timeout: float = 10.0) -> None:
+    """Raise :class:`KafkaAccessRefused` when the cluster refuses this client's credentials or
+    certificates. A cluster that does not answer at all is an outage, not a refusal: the
+    caller's clients keep trying, so this returns."""
+    answered, errors, _ = _probe(config, timeout)
+    refusals = [error for error in errors if _refused(error)]
+    if not answered and refusals:
+        raise _refusal(config, refusals[0])
+
+
+def require_reachable(config: dict[str, Any], timeout: float = 10.0) -> None:
+    """Return once a broker answers a metadata request, or raise :class:`BrokerUnreachable`:
+    at once when every bootstrap server refused or did not resolve, else after ``timeout``;
+    :class:`KafkaAccessRefused` when a broker refused the client's credentials or certificate."""
+    from confluent_kafka import KafkaError
+
+    answered, errors, last = _probe(config, timeout)
+    if answered:
+        return
+    refusals = [error for error in errors if _refused(error)]
+    if refusals:
+        raise _refusal(config, refusals[0])
+    fatal = [error for error in errors if error.fatal()]
+    causes = fatal or [error for error in errors if error.code() != KafkaError._ALL_BROKERS_DOWN] or [last]
+    reason = causes[-1].str() if hasattr(causes[-1], "str") else str(causes[-1])
+    raise BrokerUnreachable(f"cannot reach Kafka at {config.get('bootstrap.servers')}: {reason}")

@@ -273,8 +273,10 @@ def _raise_if_registry_unavailable(exc: Exception) -> None:
         raise RetriableError(f"schema registry unreachable ({type(exc).__name__})") from None
 
 
-def make_serde(schema_registry_url: str | None, auto_register: bool = True) -> SingleObjectSerde | RegistrySerde:
-    """The serde the configuration asks for: the registry's if a URL is set, else embedded."""
+def make_serde(schema_registry_url: str | None, auto_register: bool = True,
+               client_config: dict[str, Any] | None = None) -> SingleObjectSerde | RegistrySerde:
+    """The serde the configuration asks for: the registry's if a URL is set, else embedded.
+    ``client_config``: the registry client's properties (``ssl.ca.location``, ``basic.auth.user.info``...)."""
     if schema_registry_url:
-        return RegistrySerde(schema_registry_url, auto_register)
+        return RegistrySerde(schema_registry_url, auto_register, client_config=client_config)
     return SingleObjectSerde()

@@ -22,6 +22,7 @@ from types import FrameType
 from common.config import SinkSettings, SourceSettings, WorkerSettings
 from common.connector import ConnectorSpec
 from common.errors import ConfigError, safe_message
+from common.kafka_clients import KafkaAccessRefused, check_access
 from common.retry import RetryPolicy
 from common.control_api import serve_http
 from common.status import Control, StatusReporter, TaskState
@@ -65,6 +66,14 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
         server = serve_http(settings.status_port, status, control, settings.status_bind, settings.admin_token)
     restarts = RetryPolicy(-1, settings.restart_backoff_max_ms, initial_delay_ms=1000).delays()
     try:
+        try:
+            # Credentials or certificates the cluster refuses would otherwise be retried forever.
+            check_access(settings.kafka_properties())
+        except KafkaAccessRefused as error:
+            status.set(TaskState.FAILED, trace=str(error))
+            log.error("%s", error)
+            print(f"labconnect: {error}", file=sys.stderr)
+            return 2
         while not control.stop_requested.is_set():
             if control.halted.is_set():  # PUT .../stop: no task until resumed
                 status.set(TaskState.STOPPED)

@@ -4,9 +4,14 @@ The broker's jars are resolved from Maven Central with Maven into a cache direct
 outside the repository (``$LABCONNECT_CACHE``, default ``~/.cache/labconnect``), then
 the storage is formatted and ``kafka.Kafka`` is started as a plain Java process.
 
-    python -m devstack.kafka up [--port 9092] [--data DIR]
+    python -m devstack.kafka up [--port 9092] [--data DIR] [--secure]
     python -m devstack.kafka status
     python -m devstack.kafka down
+
+With ``--secure`` (tests: :func:`start_broker` with ``secure=True``) the broker also listens
+with SASL_SSL (SCRAM-SHA-512, a user created at format time with Kafka's own storage tool)
+and with SSL requiring a client certificate, beside the plaintext listener; the CA and
+certificates are made at start (:mod:`devstack.tls`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.ports import free_port, wait_for_port
+from devstack.tls import Certificate, CertificateAuthority
 
 KAFKA_VERSION = os.environ.get("LABCONNECT_KAFKA_VERSION", "4.1.1")
 SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
@@ -86,6 +93,72 @@ def resolve_jars(version: str = KAFKA_VERSION) -> Path:
 
 
 @dataclass
+class SecureListeners:
+    """The broker's SASL_SSL and mutual-TLS listeners, and what a client needs for each."""
+
+    sasl_ssl_port: int
+    ssl_port: int
+    ca: CertificateAuthority
+    server: Certificate
+    client: Certificate  # issued by ``ca``: accepted by the mutual-TLS listener
+    keystore_password: str
+    username: str = "labconnect"
+    password: str = ""
+
+    @classmethod
+    def create(cls, directory: Path) -> SecureListeners:
+        ca = CertificateAuthority.create(directory / "tls")
+        return cls(sasl_ssl_port=free_port(), ssl_port=free_port(), ca=ca, server=ca.issue("kafka-broker", server=True),
+                   client=ca.issue("labconnect-client", server=False), keystore_password=secrets.token_hex(12),
+                   password=secrets.token_hex(16))
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ssl_port}"
+
+    def sasl_ssl_properties(self, password: str | None = None) -> dict[str, str]:
+        """librdkafka properties for the SASL_SSL listener (``password``: another one, to see it refused)."""
+        return {"bootstrap.servers": self.sasl_ssl_bootstrap, "security.protocol": "SASL_SSL",
+                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": self.username,
+                "sasl.password": self.password if password is None else password,
+                "ssl.ca.location": str(self.ca.cert)}
+
+    def mtls_properties(self, client: Certificate | None = None) -> dict[str, str]:
+        """librdkafka properties for the mutual-TLS listener, presenting ``client`` (default: one it trusts)."""
+        client = client or self.client
+        return {"bootstrap.servers": self.ssl_bootstrap, "security.protocol": "SSL",
+                "ssl.ca.location": str(self.ca.cert), "ssl.certificate.location": str(client.cert),
+                "ssl.key.location": str(client.key)}
+
+    def broker_properties(self) -> list[str]:
+        keystore = self.ca.pkcs12(self.server, self.keystore_password)
+        return [
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.ssl.ssl.client.auth=required",
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={keystore}",
+            f"ssl.keystore.password={self.keystore_password}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.ca.cert}",
+        ]
+
+    def scram_format_arguments(self) -> list[str]:
+        """kafka-storage format's KIP-900 option: the SCRAM user exists from the first start."""
+        return ["--add-scram", f"SCRAM-SHA-512=[name={self.username},password={self.password}]"]
+
+
+def client_environment(properties: dict[str, str]) -> dict[str, str]:
+    """The KAFKA_* variables that give a connector or operator tool these client properties."""
+    return {"KAFKA_" + name.upper().replace(".", "_"): value for name, value in properties.items()}
+
+
+@dataclass
 class KafkaBroker:
     """A running broker process and where to reach it."""
 
@@ -94,19 +167,27 @@ class KafkaBroker:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     owns_data_dir: bool = False
+    secure: SecureListeners | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def properties(self) -> str:
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        if self.secure is not None:
+            listeners += [f"SASL_SSL://127.0.0.1:{self.secure.sasl_ssl_port}",
+                          f"SSL://127.0.0.1:{self.secure.ssl_port}"]
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
+            # Brokers talk among themselves in plaintext: one node, and the tests' own listener.
+            "inter.broker.listener.name=PLAINTEXT",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
+            *(self.secure.broker_properties() if self.secure is not None else []),
             f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
             f"log.dirs={self.data_dir / 'log'}",
             # One node: every internal topic has one replica.
@@ -138,7 +219,8 @@ class KafkaBroker:
             subprocess.run(
                 [java, log_opt, "-cp", classpath, "kafka.tools.StorageTool", "format",
                  # "=": a random cluster id may start with "-", which argparse would take for an option
-                 f"--cluster-id={cluster_id}", "-c", str(props)],
+                 f"--cluster-id={cluster_id}", "-c", str(props),
+                 *(self.secure.scram_format_arguments() if self.secure is not None else [])],
                 check=True, stdout=subprocess.DEVNULL,
             )
         heap = os.environ.get("LABCONNECT_KAFKA_HEAP_OPTS", "-Xms256m -Xmx1g")
@@ -181,14 +263,17 @@ class KafkaBroker:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def start_broker(port: int | None = None, data_dir: Path | None = None) -> KafkaBroker:
-    """Start a broker on the given port (a free one if None) and wait until it answers."""
+def start_broker(port: int | None = None, data_dir: Path | None = None, secure: bool = False) -> KafkaBroker:
+    """Start a broker on the given port (a free one if None) and wait until it answers;
+    ``secure``: with the SASL_SSL and mutual-TLS listeners too (``broker.secure``)."""
     owns = data_dir is None
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="kafka-"))
     broker = KafkaBroker(
         port=port or free_port(),
         controller_port=free_port(),
-        data_dir=data_dir or Path(tempfile.mkdtemp(prefix="kafka-")),
+        data_dir=data_dir,
         owns_data_dir=owns,
+        secure=SecureListeners.create(data_dir) if secure else None,
     )
     broker.start()
     return broker
@@ -206,12 +291,19 @@ def _cli_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data) if args.data else state_dir() / "kafka-data"
     if not args.data and data_dir.exists():
         shutil.rmtree(data_dir)
-    broker = KafkaBroker(port=args.port, controller_port=args.port + 1, data_dir=data_dir)
+    secure = SecureListeners.create(data_dir) if args.secure else None
+    broker = KafkaBroker(port=args.port, controller_port=args.port + 1, data_dir=data_dir, secure=secure)
     broker.start()
     state_dir().mkdir(parents=True, exist_ok=True)
     assert broker.process is not None
     _pid_file().write_text(f"{broker.process.pid} {broker.bootstrap_servers}\n")
     print(f"Kafka {KAFKA_VERSION} ready on {broker.bootstrap_servers} in {time.monotonic() - started:.1f}s")
+    if secure is not None:
+        for title, props in (("SASL_SSL (SCRAM-SHA-512)", secure.sasl_ssl_properties()),
+                             ("mutual TLS", secure.mtls_properties())):
+            print(f"\n{title}:")
+            for name, value in client_environment(props).items():
+                print(f"  {name}={value}")
     return 0
 
 
@@ -256,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="fetch (once) and start the broker")
     up.add_argument("--port", type=int, default=int(os.environ.get("LABCONNECT_KAFKA_PORT", "9092")))
     up.add_argument("--data", help="data directory (default: a fresh one in the cache)")
+    up.add_argument("--secure", action="store_true",
+                    help="also listen with SASL_SSL (SCRAM-SHA-512) and mutual TLS; prints the client settings")
     up.set_defaults(run=_cli_up)
     sub.add_parser("down", help="stop the broker").set_defaults(run=_cli_down)
     sub.add_parser("status", help="is it running?").set_defaults(run=_cli_status)

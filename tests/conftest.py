@@ -30,19 +30,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a real broker: $KAFKA_BOOTSTRAP_SERVERS, or one started here."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
+def kafka_broker():  # type: ignore[no-untyped-def]
+    """The broker started for this session (None with $KAFKA_BOOTSTRAP_SERVERS): plaintext for
+    the tests, plus SASL_SSL and mutual-TLS listeners for the security tests (``.secure``)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
         return
     from devstack.kafka import start_broker
 
-    broker = start_broker()
+    broker = start_broker(secure=True)
     try:
-        yield broker.bootstrap_servers
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker) -> str:  # type: ignore[no-untyped-def]
+    """Bootstrap servers of a real broker's plaintext listener: $KAFKA_BOOTSTRAP_SERVERS, or the session's."""
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or kafka_broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_secure(kafka_broker):  # type: ignore[no-untyped-def]
+    """The session broker's SASL_SSL and mutual-TLS listeners (devstack.kafka.SecureListeners)."""
+    if kafka_broker is None:
+        pytest.skip("the security tests need the broker this session starts, not $KAFKA_BOOTSTRAP_SERVERS")
+    return kafka_broker.secure
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A certificate authority made for this session (devstack.tls), for servers that speak TLS."""
+    from devstack.tls import CertificateAuthority
+
+    return CertificateAuthority.create(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +119,19 @@ def postgres_server():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
     return str(postgres_server.url)
+
+
+@pytest.fixture(scope="session")
+def postgres_tls_url(test_ca) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A PostgreSQL server that accepts TLS connections only, and a URL verifying its
+    certificate and host name against the session's CA (sslmode=verify-full)."""
+    from devstack.postgres import start_postgres
+
+    server = start_postgres(tls=test_ca.issue("postgres", server=True))
+    try:
+        yield f"{server.url}?sslmode=verify-full&sslrootcert={test_ca.cert}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
