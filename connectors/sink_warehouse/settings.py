@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import SinkSettings, TimeZoneName
 
@@ -38,8 +38,9 @@ class WarehouseSettings(SinkSettings):
     s3_max_attempts: int = Field(3, ge=1, description="SDK attempts per request, the first included (adaptive mode)")
     s3_connect_timeout_ms: int = Field(5_000, ge=100)
     s3_read_timeout_ms: int = Field(30_000, ge=100, description="longest silence of a connection mid-request")
-    s3_sse: Literal["", "AES256", "aws:kms"] = ""
-    s3_sse_kms_key_id: str | None = None
+    s3_sse: Literal["", "AES256", "aws:kms"] = Field(
+        "", description="server-side encryption of every object: AES256 (SSE-S3) or aws:kms (SSE-KMS)")
+    s3_sse_kms_key_id: str | None = Field(None, description="with S3_SSE=aws:kms: the KMS key; unset = aws/s3")
     warehouse_format: Literal["parquet", "avro", "jsonl"] = "parquet"
     parquet_compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
     parquet_row_group_size: int = Field(131_072, ge=1, description="rows per Parquet row group")
@@ -58,6 +59,14 @@ class WarehouseSettings(SinkSettings):
         attempts = self.s3_max_attempts
         per_attempt = self.s3_connect_timeout_ms + self.s3_read_timeout_ms
         return self.warehouse_flush_timeout_ms + attempts * per_attempt + (attempts - 1) * _MAX_BACKOFF_MS
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> WarehouseSettings:
+        # A key id with SSE-S3 or no encryption would be silently ignored: the objects would
+        # not be encrypted with the key the operator chose.
+        if self.s3_sse_kms_key_id and self.s3_sse != "aws:kms":
+            raise ValueError("S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms")
+        return self
 
     @field_validator("warehouse_url")
     @classmethod

@@ -17,6 +17,7 @@ import pytest
 
 from common.errors import PermanentError, RetriableError
 from connectors.sink_warehouse.settings import WarehouseSettings
+from connectors.sink_warehouse.storage import S3Storage
 from connectors.sink_warehouse.task import WarehouseSinkTask
 import warehouse_records as helpers
 from devstack.s3_fault_proxy import FaultProxy
@@ -171,6 +172,27 @@ def test_sse_s3_header_is_sent(s3_endpoint: str, s3_client: Any, bucket: str, co
     data, schema = keys(s3_client, bucket), all_keys(s3_client, bucket)
     assert len(data) == 1 and len(schema) == 2
     assert all(s3_client.head_object(Bucket=bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in schema)
+
+
+@pytest.mark.parametrize("sse,key_id", [("AES256", None), ("aws:kms", "alias/labconnect-warehouse")])
+def test_sse_settings_reach_a_single_put_and_a_multipart_upload(
+        s3_endpoint: str, s3_client: Any, bucket: str, sse: str, key_id: str | None) -> None:
+    storage = S3Storage.from_url(f"s3://{bucket}/sse", endpoint_url=s3_endpoint, region="us-east-1",
+                                 part_size=5 * MIB, sse=sse, sse_kms_key_id=key_id)
+    uploads: list[str] = []
+    storage.client.meta.events.register("before-call.s3.CreateMultipartUpload",
+                                        lambda params, **_: uploads.append(params["headers"].get(
+                                            "x-amz-server-side-encryption", "")))
+    with storage.open_object("sse/small.bin") as out:
+        out.write(b"x" * 1024)
+    with storage.open_object("sse/large.bin") as out:
+        out.write(os.urandom(6 * MIB))  # over one part: a multipart upload
+    assert uploads == [sse], "the multipart upload asked for the encryption itself"
+    for key in ("sse/small.bin", "sse/large.bin"):
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == sse
+        assert head.get("SSEKMSKeyId") == key_id
+    assert s3_client.head_object(Bucket=bucket, Key="sse/large.bin")["ContentLength"] == 6 * MIB
 
 
 def test_incompatible_type_change_is_rejected_by_a_new_process_too(

@@ -8,7 +8,7 @@ import pytest
 from pydantic import field_validator, model_validator
 
 from common.config import SinkSettings, SourceSettings, WorkerSettings, client_properties, load_settings
-from common.errors import ConfigError
+from common.errors import REDACTED, ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -224,3 +224,29 @@ def test_cli_print_config_with_bad_log_level_and_missing_secret_file_exits_2() -
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "LOG_LEVEL" in lines[0] and "KAFKA_SASL_PASSWORD_FILE" in lines[0]
+
+
+def test_schema_registry_client_properties_pass_through_with_secret_files(tmp_path: Path) -> None:
+    user_info = tmp_path / "user-info"
+    user_info.write_text("lab:s3cret-registry-pw\n")
+    import certifi
+
+    env = {"SCHEMA_REGISTRY_URL": "https://registry:8081", "SCHEMA_REGISTRY_SSL_CA_LOCATION": certifi.where(),
+           "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE": str(user_info)}
+    settings = load_settings(SourceSettings, env)
+    assert settings.schema_registry_properties(env) == {"ssl.ca.location": certifi.where(),
+                                                        "basic.auth.user.info": "lab:s3cret-registry-pw"}
+
+
+def test_a_schema_registry_property_the_client_does_not_know_names_its_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(SourceSettings, {"SCHEMA_REGISTRY_URL": "https://registry:8081",
+                                       "SCHEMA_REGISTRY_BASIC_AUTH_USER_INF0": "lab:s3cret-registry-pw"})
+    assert "SCHEMA_REGISTRY_BASIC_AUTH_USER_INF0" in str(caught.value)
+    assert "s3cret-registry-pw" not in str(caught.value)
+
+
+def test_print_config_hides_the_schema_registry_user_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "lab:s3cret-registry-pw")
+    shown = load_settings(SourceSettings, {}).redacted()
+    assert shown["schema-registry:basic.auth.user.info"] == REDACTED

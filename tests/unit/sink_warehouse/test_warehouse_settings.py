@@ -30,6 +30,14 @@ def test_bad_settings_name_every_variable() -> None:
         "WAREHOUSE_TIMEZONE", "S3_PART_SIZE_BYTES", "WAREHOUSE_URL", "S3_SSE"}
 
 
+def test_a_kms_key_without_sse_kms_is_a_bad_setting_naming_both() -> None:
+    for sse in ("", "AES256"):
+        with pytest.raises(ConfigError, match="S3_SSE_KMS_KEY_ID is set but S3_SSE is not aws:kms"):
+            load_settings(WarehouseSettings, {"S3_SSE": sse, "S3_SSE_KMS_KEY_ID": "alias/lab"})
+    assert load_settings(WarehouseSettings, {"S3_SSE": "aws:kms", "S3_SSE_KMS_KEY_ID": "alias/lab"}) \
+        .s3_sse_kms_key_id == "alias/lab"
+
+
 def test_connector_spec_builds_the_task() -> None:
     assert CONNECTOR.name == "sink-warehouse" and CONNECTOR.kind == "sink"
     assert isinstance(CONNECTOR.task_factory(load_settings(WarehouseSettings, {})), WarehouseSinkTask)
