@@ -12,15 +12,19 @@ and ``KAFKA_*`` settings): the tool reads the same configuration the connector d
 * A source resumes from its source offsets on the offsets topic; what a reset means for
   each source partition is the connector's to say (README: "Offsets").
 
-A reset is refused (exit 1) while an instance of the connector runs: a sink's group has
-members, or a source task that is not STOPPED has a live process (its heartbeat in the
-status topic is fresh: :func:`common.status_view.live_instances`). Stop it first (SIGTERM, or ``PUT /connectors/<name>/stop``).
+A reset is refused (exit 1) while an instance of the connector runs: a task that is not
+STOPPED has a live process (its heartbeat in the status topic is fresh:
+:func:`common.status_view.live_instances`) or, for a sink, its group keeps members longer than
+``--wait`` after every instance stopped (a static member stays until its session times
+out). Stop it first (SIGTERM, or ``PUT /connectors/<name>/stop``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -60,6 +64,15 @@ def _target(args: argparse.Namespace) -> ResetTarget:
     if args.to_latest:
         return ResetTarget("latest")
     return ResetTarget("datetime", parse_datetime(args.to_datetime))
+
+
+def active_tasks(name: str, settings: WorkerSettings) -> list[str]:
+    """Tasks of ``name`` that may still move its offsets: in a live process (fresh heartbeats in
+    the status topic), and not STOPPED (a stopped task reads its offsets again when resumed)."""
+    from common.status_view import live_instances
+
+    return [f"task {task.task_id} {task.state}" for task in
+            live_instances(name, settings.kafka_bootstrap_servers, settings.status_topic) if task.state != "STOPPED"]
 
 
 def _result(futures: Any) -> Any:
@@ -117,6 +130,26 @@ class SinkOffsets:
         # No record at or after the time: the partition's end.
         return {tp: offset if offset >= 0 else ends[tp] for tp, offset in found.items()}
 
+    def _require_stopped(self, wait_s: float) -> None:
+        members = self.members()
+        if not members:
+            return
+        live = active_tasks(self.name, self.settings)
+        if live:
+            raise ResetRefused(f"{self.name} is running ({', '.join(live)}; consumer group {self.group} has "
+                               f"{members} member(s)); stop it first")
+        # No instance runs, yet the group has members: a static member (group.instance.id) does not
+        # leave the group when it closes; the broker drops it after its session.timeout.ms.
+        print(f"waiting up to {wait_s:.0f}s for {members} member(s) of {self.group} to expire (a stopped "
+              "instance stays a member until its session times out)", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + wait_s
+        while members and time.monotonic() < deadline:
+            time.sleep(1.0)
+            members = self.members()
+        if members:
+            raise ResetRefused(f"consumer group {self.group} still has {members} member(s) after {wait_s:.0f}s, "
+                               f"though no instance of {self.name} reports running: is one running elsewhere?")
+
     def get(self) -> list[dict[str, Any]]:
         partitions = self.partitions()
         group = self.committed(partitions)
@@ -131,11 +164,8 @@ class SinkOffsets:
                          "lag": None if resumes is None else max(0, ends[key] - resumes)})
         return rows
 
-    def reset(self, target: ResetTarget, dry_run: bool) -> dict[tuple[str, int], int]:
-        members = self.members()
-        if members:
-            raise ResetRefused(f"{self.name} is running: consumer group {self.group} has {members} member(s); "
-                               "stop it first (a stopped instance leaves the group within its session timeout)")
+    def reset(self, target: ResetTarget, dry_run: bool, wait_s: float) -> dict[tuple[str, int], int]:
+        self._require_stopped(wait_s)
         moved = self.targets(self.partitions(), target)
         if dry_run:
             return moved
@@ -167,8 +197,8 @@ def _sink_get(offsets: SinkOffsets, as_json: bool) -> None:
     print(f"({offsets.name} resumes from {where}; consumer group {offsets.group})")
 
 
-def _sink_reset(offsets: SinkOffsets, target: ResetTarget, dry_run: bool) -> None:
-    moved = offsets.reset(target, dry_run)
+def _sink_reset(offsets: SinkOffsets, target: ResetTarget, dry_run: bool, wait_s: float) -> None:
+    moved = offsets.reset(target, dry_run, wait_s)
     for (topic, partition), offset in sorted(moved.items()):
         print(f"{topic}[{partition}] -> {offset}")
     places = f"consumer group {offsets.group}" + (" and the connector's stored offsets" if offsets.store else "")
@@ -192,15 +222,6 @@ class SourceOffsets:
     def describe(self, partition: dict[str, Any], offset: dict[str, Any]) -> str:
         return self.rules.describe(partition, offset) if self.rules is not None else json.dumps(offset)
 
-    def live_tasks(self) -> list[str]:
-        """Tasks that may still write source offsets: in a live process (heartbeats), not STOPPED
-        (a stopped task reads its offsets again when resumed)."""
-        from common.status_view import live_instances
-
-        return [f"task {task.task_id} {task.state}" for task in
-                live_instances(self.name, self.settings.kafka_bootstrap_servers, self.settings.status_topic)
-                if task.state != "STOPPED"]
-
     def changes(self, target: ResetTarget) -> list[tuple[dict[str, Any], SourceOffsetChange]]:
         stored = self.stored()
         partitions = {key: json.loads(key) for key in stored}
@@ -217,7 +238,7 @@ class SourceOffsets:
         return changes
 
     def reset(self, target: ResetTarget, dry_run: bool) -> list[tuple[dict[str, Any], SourceOffsetChange]]:
-        live = self.live_tasks()
+        live = active_tasks(self.name, self.settings)
         if live:
             raise ResetRefused(f"{self.name} is running ({', '.join(live)} in {self.settings.status_topic}); "
                                "stop it first")
@@ -283,6 +304,8 @@ def _parser() -> argparse.ArgumentParser:
     to.add_argument("--to-latest", action="store_true", help="the end of every partition (skip what is there)")
     to.add_argument("--to-datetime", metavar="ISO", help="the first record at or after this time (with a zone)")
     reset.add_argument("--dry-run", action="store_true", help="print the new positions, change nothing")
+    reset.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                       help="sinks: how long to wait for a stopped instance's group membership to expire")
     return parser
 
 
@@ -299,7 +322,7 @@ def main(argv: Sequence[str]) -> int:
             if target is None:
                 _sink_get(offsets, args.json)
             else:
-                _sink_reset(offsets, target, args.dry_run)
+                _sink_reset(offsets, target, args.dry_run, args.wait)
         finally:
             offsets.close()
         return 0

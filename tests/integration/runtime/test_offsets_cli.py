@@ -46,6 +46,15 @@ def _charged_accessions(url: str) -> set[str]:
         engine.dispose()
 
 
+def _stored_offsets(url: str) -> dict[int, int]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(billing_tables.kafka_offsets.c.kafka_partition,
+                                      billing_tables.kafka_offsets.c.next_offset)).all()
+    engine.dispose()
+    return {row.kafka_partition: row.next_offset for row in rows}
+
+
 def _restore_empty_backup(url: str) -> None:
     """What an operator sees after restoring the billing database from a backup taken before
     any charge: the rows are gone, the offsets table says where the backup stood."""
@@ -61,7 +70,10 @@ def test_reset_to_datetime_makes_a_stopped_billing_sink_re_read_from_that_time_a
     topic = make_topic("lab-reports", partitions=3)
     url = f"sqlite:///{tmp_path / 'billing.db'}"
     name = f"billing-{topic}"
-    own = {"TOPICS": topic, "CONNECTOR_NAME": name, "BILLING_DATABASE_URL": url, "FLUSH_IDLE_MS": "300"}
+    # A static member (group.instance.id) stays in the group after a clean stop until its session
+    # times out (6 s here): the reset waits for that instead of refusing.
+    own = {"TOPICS": topic, "CONNECTOR_NAME": name, "BILLING_DATABASE_URL": url, "FLUSH_IDLE_MS": "300",
+           "KAFKA_GROUP_INSTANCE_ID": f"connect-{name}-0"}
     env = runtime.env(**own)
     before = [(f"P{i % 7}", report(f"OLD{i:04d}", "final", 1, i, patient=i % 7)) for i in range(30)]
     after = [(f"P{i % 7}", report(f"NEW{i:04d}", "final", 1, 100 + i, patient=i % 7)) for i in range(20)]
@@ -78,6 +90,9 @@ def test_reset_to_datetime_makes_a_stopped_billing_sink_re_read_from_that_time_a
     assert f"{name} is running" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     sink.send_signal(signal.SIGTERM)
     assert sink.wait(30) == 0
+    # At once: the stopped static member is still in the group, the reset waits for it to expire.
+    planned = _labconnect(env, "offsets", "reset", "sink-billing", "--to-datetime", _iso(reset_at), "--dry-run")
+    assert planned.returncode == 0 and "would move 3 partitions" in planned.stdout, planned.stderr
 
     shown = _labconnect(env, "offsets", "get", "sink-billing", "--json")
     assert shown.returncode == 0, shown.stderr
@@ -90,9 +105,11 @@ def test_reset_to_datetime_makes_a_stopped_billing_sink_re_read_from_that_time_a
     moved = _labconnect(env, "offsets", "reset", "sink-billing", "--to-datetime", _iso(reset_at))
     assert moved.returncode == 0, moved.stderr
     assert "moved 3 partitions" in moved.stdout and "stored offsets" in moved.stdout
-    rows = json.loads(_labconnect(env, "offsets", "get", "sink-billing", "--json").stdout)["partitions"]
-    assert sum(row["store"] for row in rows) == 30, "each partition at its first record of the second lot"
-    assert [row["store"] for row in rows] == [row["group"] for row in rows]
+    positions = {int(line.split("[")[1].split("]")[0]): int(line.rsplit(" ", 1)[1])
+                 for line in moved.stdout.splitlines() if line.startswith(f"{topic}[")}
+    assert sum(positions.values()) == 30, "each partition at its first record of the second lot"
+    assert committed_offsets(runtime.bootstrap, f"connect-{name}", topic) == positions
+    assert _stored_offsets(url) == positions
 
     runtime.start_real("sink-billing", "second", **own)
     wait_for(lambda: len(_charged_accessions(url)) >= 20, 60, "the second lot charged again")
