@@ -49,12 +49,11 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    if args.connector != "source-lis":
+    replay = load_connector(args.connector).replay if args.connector in REGISTRY else None
+    if replay is None:
         print("replay: only source connectors replay (a sink re-reads a topic when its consumer group is reset)", file=sys.stderr)
         return EXIT_CONFIG
-    from connectors.source_lis.replay import main as replay_main
-
-    return int(replay_main(list(args.rest)))
+    return int(replay(list(args.rest)))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -114,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "its own connector name.",
                             epilog="labconnect replay source-lis --since ISO [--until ISO] [--topic T ...]; "
                             "`labconnect replay source-lis --help` describes each option.")
-    replay.add_argument("connector", choices=["source-lis"])
+    replay.add_argument("connector", choices=names)
     replay.add_argument("rest", nargs=argparse.REMAINDER)
     replay.set_defaults(handler=_cmd_replay)
 

@@ -28,6 +28,8 @@ class ConnectorSpec:
     migrate: Callable[[WorkerSettings], None] | None = None
     # The connector's own operator command (`labconnect notify ...` for sink-notify): argv -> exit code.
     tool: Callable[[list[str]], int] | None = None
+    # Source: backfill a past time window under the connector's name (`labconnect replay <name> ...`): argv -> exit code.
+    replay: Callable[[list[str]], int] | None = None
     # Sink whose task keeps its own offsets (``SinkTask.open`` returns them): `labconnect offsets`
     # reads and moves them beside the consumer group's, so a reset changes where it resumes.
     offset_store: Callable[[WorkerSettings], SinkOffsetStore] | None = None

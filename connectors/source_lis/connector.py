@@ -15,6 +15,12 @@ def make_task(settings: Any) -> LisSourceTask:
     return LisSourceTask(settings)
 
 
+def run_replay(argv: list[str]) -> int:
+    from connectors.source_lis.replay import main  # the backfill tool's imports only when asked for
+
+    return int(main(argv))
+
+
 CONNECTOR = ConnectorSpec(
     name="source-lis",
     kind="source",
@@ -22,4 +28,5 @@ CONNECTOR = ConnectorSpec(
     task_factory=make_task,
     description="Lab results from a LIS (FHIR R4 or HL7 v2 ORU^R01 over MLLP) as LabResult/LabReport/PatientContact",
     source_offsets=offset_rules,
+    replay=run_replay,
 )
