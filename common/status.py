@@ -231,9 +231,10 @@ class StatusReporter:
                 self._publish()
                 next_beat = time.monotonic() + interval
 
-    def close(self) -> None:
-        """The process is leaving: say so (the view shows the last state, not LOST) and flush."""
+    def close(self, timeout: float = 5.0) -> None:
+        """The process is leaving: say so (the view shows the last state, not LOST) and flush
+        for up to ``timeout`` seconds."""
         self._closed.set()
         if self._producer is not None:
             self._publish(exited=True)
-            self._producer.flush(5)
+            self._producer.flush(timeout)

@@ -65,11 +65,13 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
     if settings.status_port is not None:
         server = serve_http(settings.status_port, status, control, settings.status_bind, settings.admin_token)
     restarts = RetryPolicy(-1, settings.restart_backoff_max_ms, initial_delay_ms=1000).delays()
+    status_flush_s = 5.0
     try:
         try:
             # Credentials or certificates the cluster refuses would otherwise be retried forever.
             check_access(settings.kafka_properties())
         except KafkaAccessRefused as error:
+            status_flush_s = 0.0  # the cluster refuses the status producer too: nothing to wait for
             status.set(TaskState.FAILED, trace=str(error))
             log.error("%s", error)
             print(f"labconnect: {error}", file=sys.stderr)
@@ -114,7 +116,7 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
                 status.set(TaskState.RESTARTING)
         return 0
     finally:
-        status.close()
+        status.close(status_flush_s)
         if server is not None:
             server.shutdown()
 

@@ -65,7 +65,7 @@ def test_the_pipeline_and_the_operator_tools_work_through_the_secure_listener_al
     produce(runtime.bootstrap, pipeline.reports, [("pat-x", b"not an Avro record")])
 
     wait_for(lambda: _warehouse_rows(s3_client, pipeline.bucket, runtime.tmp) >= results, 60,
-             "every result in the warehouse")
+             "every result in the warehouse", interval=1)
     wait_for(lambda: query(pipeline.ledger_url, "SELECT count(*) FROM notify_events")[:1] == [(len(versions),)],
              60, "a notify decision per report in the TLS ledger")
     wait_for(lambda: bool(query(pipeline.billing_url, "SELECT count(*) FROM billing_ledger")[:1])
@@ -125,11 +125,13 @@ def test_a_refused_client_exits_2_naming_the_cause_and_the_setting(
     props, cause, setting = _refusals(kafka_secure, rogue_ca)[case]
     started = time.monotonic()
     process = pipeline.start(connector, **client_environment(props))
-    assert process.wait(40) == 2, runtime.log(connector)[-2000:]
-    assert time.monotonic() - started < 40
+    assert process.wait(30) == 2, runtime.log(connector)[-2000:]
+    assert time.monotonic() - started < 30, "no retry loop before giving up"
     log = runtime.log(connector)
     assert cause in log and setting in log and "refused this client" in log
     assert kafka_secure.password not in log and "not-the-password-7f3a" not in log
+    if case != "wrong password":
+        return  # the operator tools judge a refusal with the same code: once is enough (CI time)
 
     tool = labconnect(["status", "--topic", runtime.status], client_environment(props))
     assert tool.returncode == 2, tool.stderr
