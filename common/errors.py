@@ -43,7 +43,11 @@ class ConfigError(PermanentError):
 
 
 class TaskFailed(Exception):
-    """The task cannot go on: retries exhausted, errors.tolerance=none, DLQ limit, fenced."""
+    """The task cannot go on: retries exhausted, errors.tolerance=none, DLQ limit, fenced.
+
+    Its message is written by the runtime from safe parts (counts, stage names, identifiers,
+    other errors through :func:`safe_message`), so it is shown as written: scrubbing it again
+    would turn the counts of "dead-letter limit exceeded: 51 of 100 records invalid" into <n>."""
 
 
 _RETRIABLE_NAMES = {
@@ -133,6 +137,6 @@ def scrub(message: str, limit: int = 500) -> str:
 
 def safe_message(error: BaseException) -> str:
     """The message of an error as it may be logged or put in a DLQ header."""
-    if isinstance(error, ConnectorError):  # written to be free of PHI; may still quote a URL
+    if isinstance(error, (ConnectorError, TaskFailed)):  # written to be free of PHI; may still quote a URL
         return redact_url_secrets(str(error))[:500]
     return scrub(str(error))

@@ -12,6 +12,7 @@ committed batch, and its partial batch was never visible to ``read_committed`` r
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -150,7 +151,7 @@ class SourceWorker:
         self.dlq = DeadLetterQueue(self.producer, settings.errors_deadletterqueue_topic_name, self.name,
                                    settings.task_id, settings.errors_deadletterqueue_context_headers_enable,
                                    transactional=True)
-        self._delivery_errors: list[str] = []
+        self._delivery_errors: list[tuple[str, int, str]] = []  # (topic, error code, error name)
 
     def run(self) -> None:
         # Fences older instances with the same transactional.id and aborts their open transaction.
@@ -254,12 +255,17 @@ class SourceWorker:
                     "on_delivery": self._delivered,
                 })
             self.producer.commit_transaction(60)
-            if self._delivery_errors:
-                raise RetriableError(f"{len(self._delivery_errors)} records failed delivery")
+            failed = self._delivery_failure()
+            if failed is not None:
+                raise failed
         except BaseException as exc:
+            failed = self._delivery_failure()
             self._delivery_errors.clear()
             self.published.discard()
             self._abort(batch, exc)
+            if failed is not None and isinstance(exc, KafkaException):
+                # The commit only says "message(s) failed delivery": say which topic and why.
+                raise failed from exc
             raise
         self.published.publish()
         context._update({k: v for k, (_, v) in latest.items()})
@@ -279,9 +285,22 @@ class SourceWorker:
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self._delivery_errors.append(str(err))
+            self._delivery_errors.append((msg.topic(), err.code(), err.name()))
         else:
             self.published.delivered(msg)
+
+    def _delivery_failure(self) -> RetriableError | None:
+        """The batch's failed deliveries as one error naming each topic and reason (topic names
+        are identifiers, never PHI), or None when every record was delivered."""
+        if not self._delivery_errors:
+            return None
+        counts = collections.Counter(self._delivery_errors)
+        reasons = []
+        for (topic, code, name), count in counts.items():
+            missing = code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+            reasons.append(f"{count} to topic {topic}: " + (
+                f"the topic does not exist ({name}; create it, e.g. `labconnect topics create`)" if missing else name))
+        return RetriableError(f"{len(self._delivery_errors)} records failed delivery: {'; '.join(reasons)}")
 
     def _dead_letter(self, payload: bytes, key: bytes | None, headers: list[tuple[str, bytes]], stage: str,
                      error: BaseException) -> None:

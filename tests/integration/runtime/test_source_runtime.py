@@ -135,3 +135,15 @@ def test_a_stop_request_ends_the_wait_for_an_open_transaction(
         read_source_offsets(kafka, offsets, "live", timeout=60, should_stop=lambda: time.monotonic() > stop_at)
     assert time.monotonic() - started < 5
     replay.abort_transaction()
+
+
+def test_a_missing_output_topic_is_named_in_the_failure(runtime: RuntimeEnv) -> None:
+    missing = "no-such-results-topic"
+    source = runtime.start("counting-source", "source", CONNECTOR_NAME=f"missing-{time.time_ns()}",
+                           COUNTING_TOPIC=missing, COUNTING_TOTAL=10, RESTART_ON_FAILURE="false",
+                           KAFKA_TOPIC_METADATA_PROPAGATION_MAX_MS=2000)  # how long an unknown topic may take
+    assert source.wait(60) == 1
+    failure = [line for line in runtime.log("source").splitlines() if "task failed" in line]
+    assert len(failure) == 1
+    assert f"10 records failed delivery: 10 to topic {missing}: the topic does not exist" in failure[0]
+    assert "<value>" not in failure[0]

@@ -296,3 +296,43 @@ def test_replay_of_a_window_repeats_the_live_event_ids_with_the_header_and_leave
     assert len(_stored_cursor(runtime, ReplayWindow.parse(since, until).connector_name(name))) == 1, \
         "the replay keeps its own cursor"
 
+
+
+def test_restarting_the_task_while_senders_are_connected_leaves_no_pending_asyncio_task(
+        runtime: RuntimeEnv, topics: LisTopics) -> None:
+    """POST .../restart with MLLP senders connected mid-frame: the listener is stopped and
+    bound again, and the event loop never reports a task destroyed while pending."""
+    import socket
+
+    import httpx
+
+    port, status_port = free_port(), free_port()
+    name = f"source-lis-{uuid.uuid4().hex[:8]}"
+    token = "restart-test-admin-token-0123456789"
+    process = runtime.start_real("source-lis", "restarts", CONNECTOR_NAME=name, LIS_MODE="hl7-mllp",
+                                 MLLP_PORT=port, STATUS_PORT=status_port, ADMIN_TOKEN=token, **topics.env())
+    base = f"http://127.0.0.1:{status_port}/connectors/{name}"
+
+    def running() -> bool:
+        try:
+            return httpx.get(f"{base}/status", timeout=2).json()["tasks"][0]["state"] == "RUNNING"
+        except httpx.HTTPError:
+            return False
+
+    for restart in range(2):
+        wait_for(running, 60, f"RUNNING (restart {restart})")
+        wait_for_port(port, 30)
+        senders = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        for sock in senders:
+            sock.sendall(b"\x0bMSH|^~\\&|half a frame")  # a handler is mid-read when the listener stops
+        if restart == 0:
+            answer = httpx.post(f"{base}/restart", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            assert answer.status_code == 202
+            wait_for(lambda: runtime.log("restarts").count("restarting the task on request") == restart + 1, 30,
+                     "the restart")
+        for sock in senders:
+            sock.close()
+    assert runtime.log("restarts").count("restarting the task on request") == 1
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert "destroyed but it is pending" not in runtime.log("restarts")

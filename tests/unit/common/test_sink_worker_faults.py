@@ -331,3 +331,16 @@ def test_reported_records_count_against_the_dead_letter_limits() -> None:
         else:
             with pytest.raises(Exception, match="consecutive"):
                 worker._deliver(records, [TopicPartition("t", 0, 12)])
+
+
+def test_the_dead_letter_limit_failure_keeps_its_counts_in_the_trace_and_log_line() -> None:
+    from common.worker import _safe_trace
+
+    worker, _, _ = _worker(PoisonAwareSink(), errors_dlq_max_consecutive_count=3)
+    records = _records([{"poison": True}] * 4)
+    with pytest.raises(TaskFailed) as failed:
+        for record in records:
+            worker._report(record, PermanentError("bad record"), "TASK_PUT")
+    trace = _safe_trace(failed.value)  # what status shows and the "task failed" line logs
+    assert "dead-letter limit exceeded: 4 consecutive invalid records" in trace
+    assert "<n>" not in trace

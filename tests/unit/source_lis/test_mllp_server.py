@@ -206,3 +206,31 @@ def _wait(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-d
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def test_stopping_and_restarting_with_connections_owed_acks_leaves_no_pending_task(  # type: ignore[no-untyped-def]
+        caplog) -> None:
+    """A listener restart (task restart, PUT .../stop) while senders wait for ACKs must end every
+    asyncio task it started: no "Task was destroyed but it is pending!" from the event loop."""
+    import gc
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    port = 0
+    for _ in range(3):
+        inbox: queue.Queue[InboundMessage] = queue.Queue()
+        srv = MllpServer("127.0.0.1", port, inbox.put)
+        srv.start()
+        port = srv.port  # the same port again: as a restarted task binds it
+        senders = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(3)]
+        for i, sock in enumerate(senders):
+            sock.sendall(frame(f"MSG{i}".encode()))  # never answered: each connection is owed an ACK
+            sock.sendall(b"\x0bhalf a frame")  # and one frame is still being read
+        for _ in senders:
+            inbox.get(timeout=10)
+        srv.stop()
+        for sock in senders:
+            sock.close()
+        gc.collect()
+    destroyed = [r.getMessage() for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+    assert destroyed == []
