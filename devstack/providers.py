@@ -183,7 +183,7 @@ class ProviderState:
             return self.replies[(request.channel, request.key)]
         for rule in self.rules:
             if rule.kind == "answer" and rule.fires(request.channel, request.to):
-                fault = self.fault(rule, request.channel)
+                fault = self.fault(rule, request.channel, request.to)
                 await asyncio.sleep(rule.delay)
                 return self.counted(fault)
         response = self.accept(request)
@@ -225,7 +225,7 @@ class ProviderState:
             return sendgrid_error(400, f"The {missing[0]} parameter is required.", missing[0])
         return Request("email", to, mail, headers.get("idempotency-key"))
 
-    def fault(self, rule: FaultRule, channel: str) -> Response:
+    def fault(self, rule: FaultRule, channel: str, to: str | None = None) -> Response:
         status = rule.status or 400
         if rule.rate_limit is not None or status == 429:
             wait = rule.wait if rule.rate_limit is not None else rule.retry_after
@@ -235,7 +235,12 @@ class ProviderState:
                 "Retry-After": seconds_text(wait), "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset": str(math.ceil(time.time() + wait))})
         if channel == "sms":
-            return twilio_error(rule.code or (20000 + status if status >= 500 else 21211), status)
+            code = rule.code or (20000 + status if status >= 500 else 21211)
+            if code == 21211 and to:  # as Twilio does: the refused number is in the message (PHI a client must drop)
+                return json_response(status, {"code": code, "message": f"The 'To' number {to} is not a valid "
+                                              "phone number.", "more_info": "https://www.twilio.com/docs/errors/21211",
+                                              "status": status})
+            return twilio_error(code, status)
         if status >= 500:
             return sendgrid_error(status, "internal error" if status == 500 else "service unavailable")
         return sendgrid_error(status, "Does not contain a valid address.", "personalizations.0.to.0.email")

@@ -11,7 +11,8 @@ retries), and a bad configuration whose values are markers (exit 2).
 Surfaces scanned: every process's output (JSON logs, stderr), each process's HTTP GET /,
 /health, /ready, /connectors, /connectors/<name>/status and /metrics, every record of the
 status topic, every dead letter's headers, and the output of `labconnect status`,
-`labconnect status --json`, `labconnect dlq show` and `labconnect notify report --json`.
+`labconnect status --json`, `labconnect dlq show`, `labconnect notify report --json` and
+`labconnect offsets get source-lis --json`.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def test_no_patient_marker_reaches_anything_an_operator_sees(
     surfaces["labconnect dlq show"] = _cli(["dlq", "show", "--topic", runtime.dlq], tool_env)
     surfaces["labconnect notify report"] = _cli(["notify", "report", "--since", "3650d", "--json",
                                                  "--database", pipeline.ledger_url], tool_env)
+    surfaces["labconnect offsets get source-lis"] = _cli(
+        ["offsets", "get", "source-lis", "--json"], {k: str(v) for k, v in runtime.env(**pipeline.env("source-lis")).items()})
     for process in runtime.processes:
         assert process.poll() is None, "every connector kept running through the errors"
     for log_name in ("source-lis", "sink-billing", "sink-notify", "sink-warehouse", "warehouse-s3-down"):
