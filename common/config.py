@@ -144,6 +144,8 @@ class SinkSettings(WorkerSettings):
     flush_max_age_ms: int = Field(5000, ge=1)
     flush_idle_ms: int = Field(1000, ge=1, description="flush a partition that received nothing for this long")
     consume_batch_size: int = Field(1000, ge=1)
+    consumer_static_membership: bool = Field(True, description="join the group as connect-<name>-<task id> "
+                                             "(group.instance.id): a restarted task gets its partitions back at once")
 
     @field_validator("topics")
     @classmethod
@@ -155,6 +157,17 @@ class SinkSettings(WorkerSettings):
     @property
     def topic_list(self) -> list[str]:
         return [t.strip() for t in self.topics.split(",") if t.strip()]
+
+    def group_membership(self, connector_name: str) -> dict[str, str]:
+        """The consumer group (``connect-<name>``, as Kafka Connect names it) and, with static
+        membership, this task's fixed member id: a task restarted within ``session.timeout.ms``
+        takes its place back without a rebalance, where a new dynamic member would wait for the
+        dead one's session to expire (45 s by default). A second process with the same name and
+        task id fences the first, which exits. ``KAFKA_GROUP_INSTANCE_ID`` overrides the id."""
+        group = f"connect-{connector_name}"
+        if not self.consumer_static_membership:
+            return {"group.id": group}
+        return {"group.id": group, "group.instance.id": f"{group}-{self.task_id}"}
 
 
 class SourceSettings(WorkerSettings):

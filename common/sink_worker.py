@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from common.config import SinkSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
-from common.errors import TaskFailed, is_retriable, safe_message
+from common.errors import ConnectorError, TaskFailed, is_retriable, safe_message
 from common.kafka_clients import with_log
 from common.metrics import ConsumeMeter, ConsumerLag, TaskMetrics, with_stats_listener
 from common.records import SinkRecord
@@ -117,7 +117,7 @@ class SinkWorker:
         self.consumed = ConsumeMeter(group, settings.topic_list)
         self.lag = ConsumerLag(group)
         self.consumer = Consumer(with_stats_listener({
-            "group.id": group,
+            **settings.group_membership(self.name),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -575,8 +575,11 @@ class SinkWorker:
 def _check_consumer_error(error: KafkaError) -> None:
     """A fatal consumer error ends the task; others (end of partition, a topic not created
     yet, a broker briefly away) are librdkafka's to recover from."""
-    if error.fatal():
-        raise KafkaException(error)
+    # _FATAL: librdkafka raised a fatal error (a static member fenced by a newer one with the same
+    # group.instance.id); the consumer is unusable from then on.
+    if error.fatal() or error.code() == KafkaError._FATAL:
+        # librdkafka's own words (no record content), kept readable in the status trace.
+        raise ConnectorError(f"fatal Kafka consumer error: {error.str()}") from KafkaException(error)
     if error.code() != KafkaError._PARTITION_EOF:
         log.warning("consumer error: %s", error.name(), extra={"retriable": error.retriable()})
 

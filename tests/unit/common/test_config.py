@@ -250,3 +250,17 @@ def test_print_config_hides_the_schema_registry_user_info(monkeypatch: pytest.Mo
     monkeypatch.setenv("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "lab:s3cret-registry-pw")
     shown = load_settings(SourceSettings, {}).redacted()
     assert shown["schema-registry:basic.auth.user.info"] == REDACTED
+
+
+def test_a_sink_task_joins_its_group_as_a_static_member_named_after_connector_and_task() -> None:
+    settings = load_settings(SinkSettings, {"TOPICS": "lab-reports", "TASK_ID": "2"})
+    assert settings.group_membership("sink-billing") == {"group.id": "connect-sink-billing",
+                                                          "group.instance.id": "connect-sink-billing-2"}
+    dynamic = load_settings(SinkSettings, {"TOPICS": "lab-reports", "CONSUMER_STATIC_MEMBERSHIP": "false"})
+    assert dynamic.group_membership("sink-billing") == {"group.id": "connect-sink-billing"}
+
+
+def test_the_heartbeat_interval_is_a_setting_with_a_floor() -> None:
+    assert load_settings(SinkSettings, {"TOPICS": "t"}).status_heartbeat_interval_ms == 10_000
+    with pytest.raises(ConfigError, match="STATUS_HEARTBEAT_INTERVAL_MS"):
+        load_settings(SinkSettings, {"TOPICS": "t", "STATUS_HEARTBEAT_INTERVAL_MS": "0"})
