@@ -62,14 +62,16 @@ class ChaosLoop:
     def finish(self) -> None:
         """Stop the chaos and leave every connector running."""
         self.stop_event.set()
-        for thread in self._threads:
-            thread.join(180)
+        kill_loop, *faults = self._threads
+        kill_loop.join(60)
         with self._lock:
             for name in CONNECTORS:
                 if self.stack.processes[name].poll() is not None:
                     self._note_exit(name)
                     self.stack.start_connector(name)
             self._restart_at.clear()
+        for thread in faults:  # an outage still on ends while everything runs again
+            thread.join(300)
 
     def _at(self, fraction: float) -> bool:
         """Sleep until ``fraction`` of the duration has passed; False if stopped first."""
@@ -148,14 +150,14 @@ class ChaosLoop:
         self.log.fault(f"broker restarted after {self.log.broker_down_s:.0f}s down")
 
     def _s3_outage(self) -> None:
-        """503s for the planned time, longer (at most until the chaos ends) until the warehouse
-        has met a few: a warehouse with nothing to write (the broker down) or restarting could
-        otherwise sleep through the whole outage."""
+        """503s for the planned time, then on until the warehouse has met a few (at most two
+        minutes past the chaos): a warehouse with nothing to write (the broker down) or
+        restarting again and again could otherwise sleep through the whole outage."""
         proxy, began = self.stack.s3_proxy, time.monotonic()
         refused_before = proxy.failed
         proxy.fail_for(self.plan.s3_outage_s)
         time.sleep(self.plan.s3_outage_s)
-        while proxy.failed - refused_before < 3 and time.monotonic() - self.started < self.plan.duration_s:
+        while proxy.failed - refused_before < 3 and time.monotonic() - self.started < self.plan.duration_s + 120:
             proxy.fail_for(1.0)
             time.sleep(1.0)
         proxy.fail_for(0)
