@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, OFFSET_INVALID, Producer, \
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, Producer, \
     TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
@@ -88,12 +88,18 @@ class SinkOffsets:
     def __init__(self, spec: ConnectorSpec, settings: SinkSettings, name: str) -> None:
         self.spec, self.settings, self.name = spec, settings, name
         self.group = f"connect-{name}"
-        kafka = {**settings.kafka_properties(), "logger": TOOL_LOG}
+        kafka = {k: v for k, v in settings.kafka_properties().items() if not k.startswith("group.")}
+        kafka["logger"] = TOOL_LOG
         require_reachable(kafka)
         self.admin = AdminClient(kafka)
+        # Reads the group's committed offsets without joining it. (AdminClient's
+        # list_consumer_group_offsets crashes the process while a new cluster's group
+        # coordinator is still loading; OffsetFetch through a consumer waits for it.)
+        self.reader = Consumer({**kafka, "group.id": self.group, "enable.auto.commit": False})
         self.store = spec.offset_store(settings) if spec.offset_store is not None else None
 
     def close(self) -> None:
+        self.reader.close()
         if self.store is not None:
             self.store.close()
 
@@ -111,9 +117,8 @@ class SinkOffsets:
         return len(description.members)
 
     def committed(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        request = ConsumerGroupTopicPartitions(self.group, partitions)
-        answer = _result(self.admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT_S))
-        return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions if tp.offset >= 0}
+        found = self.reader.committed(partitions, timeout=TIMEOUT_S)
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
 
     def list_offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
         futures = self.admin.list_offsets({tp: spec for tp in partitions},
@@ -131,6 +136,9 @@ class SinkOffsets:
         return {tp: offset if offset >= 0 else ends[tp] for tp, offset in found.items()}
 
     def _require_stopped(self, wait_s: float) -> None:
+        # Finds the group's coordinator first: describe_consumer_groups only times out while a new
+        # cluster's coordinator is loading.
+        self.committed(self.partitions())
         members = self.members()
         if not members:
             return
