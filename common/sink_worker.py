@@ -14,6 +14,10 @@ Guarantees, in the order the code keeps them:
   the task fails. A permanent failure splits the batch in halves until the poison
   record is isolated; it goes to the DLQ and its batch-mates are delivered.
 * On revocation and on shutdown the batch is flushed and committed synchronously.
+* A task that finishes its writes in the background (its own offsets in its own store)
+  names the offsets that are durable (``pre_commit``); only those are committed. When
+  such a write fails the task asks for a rewind: the batch in hand is dropped and every
+  partition resumes from the offsets the task stored.
 
 So a SIGKILL at any moment loses nothing: whatever was not committed is redelivered,
 and sinks make a redelivered record a no-op.
@@ -26,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from common.config import SinkSettings
 from common.connector import ConnectorSpec
@@ -45,6 +49,10 @@ log = logging.getLogger(__name__)
 
 class _Abandoned(Exception):
     """Partitions were revoked while a batch was being retried: drop it, it is redelivered."""
+
+
+class _Rewound(Exception):
+    """The task asked to resume from its stored offsets: drop the batch, it is redelivered."""
 
 
 class SinkBatch:
@@ -84,11 +92,19 @@ class SinkBatch:
 
 class SinkContext:
     def __init__(self, connector_name: str, task_id: int, serde: Serde,
-                 report: Callable[[SinkRecord, BaseException, str], None]) -> None:
+                 report: Callable[[SinkRecord, BaseException, str], None],
+                 rewind: Callable[[], None] | None = None) -> None:
         self.connector_name = connector_name
         self.task_id = task_id
         self._serde = serde
         self.report = report
+        self._rewind = rewind
+        self.can_rewind = rewind is not None
+
+    def rewind(self) -> None:
+        if self._rewind is None:
+            raise RuntimeError("this runtime cannot rewind a task")
+        self._rewind()
 
     def writer_schema(self, schema_ref: str) -> dict[str, Any]:
         return self._serde.writer_schema(schema_ref)
@@ -138,6 +154,7 @@ class SinkWorker:
             raise ValueError(f"{spec.name}: a task taking raw values cannot declare reader schemas")
         self._delivering = False
         self._revoked_while_delivering = False
+        self._rewind_requested = False
         self._callback_error: BaseException | None = None
         self._assigned: list[TopicPartition] = []
         self._committed: dict[TP, int] = {}  # what this task last committed, per partition
@@ -146,7 +163,7 @@ class SinkWorker:
 
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
-        self.task.start(SinkContext(self.name, self.settings.task_id, self.serde, self._report))
+        self.task.start(SinkContext(self.name, self.settings.task_id, self.serde, self._report, self._request_rewind))
         self.consumer.subscribe(self.settings.topic_list, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.status.set(TaskState.RUNNING)
@@ -164,7 +181,8 @@ class SinkWorker:
                     self._accept(messages)
                 else:  # idle: serve the DLQ producer's log lines (they wait in its queue until polled)
                     self.dlq.producer.poll(0)
-                    self._commit_past_markers()
+                    if not self.batch.dirty and self._settle():
+                        self._commit_past_markers()  # only once nothing is in flight: positions are durable
                 if self._should_flush(time.monotonic()):
                     self._flush_and_commit()
             self._shutdown()
@@ -261,14 +279,13 @@ class SinkWorker:
             elif offsets:  # only dead letters: a sink that owns its offsets must move them too
                 self._put_and_flush([], {(tp.topic, tp.partition): tp.offset for tp in offsets})
             self._retrying(self.dlq.flush, "dead-letter flush")
-            if offsets:
-                self._retrying(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), "offset commit")
-                self._note_committed(offsets)
-                self.metrics.offset_commit.inc()
+            self._commit_durable({(tp.topic, tp.partition): tp.offset for tp in offsets})
         except _Abandoned:
             log.warning("partitions revoked during retries; the batch will be redelivered")
             self.task.abort()
             self.dlq.discard_unsent()
+        except _Rewound:
+            self._resume_from_stored()
         finally:
             self._delivering = False
             self._revoked_while_delivering = False
@@ -316,7 +333,7 @@ class SinkWorker:
         try:
             self._put_and_flush(records, final)
             self.budget.record_valid(self._valid_count(records))
-        except (TaskFailed, _Abandoned, MemoryError):
+        except (TaskFailed, _Abandoned, _Rewound, MemoryError):
             raise
         except Exception as exc:
             if self.settings.errors_tolerance == "none":
@@ -341,8 +358,10 @@ class SinkWorker:
                 # flush: a sink that keeps its offsets moves them past those records in flush.
                 self.dlq.flush()
                 self.task.flush(offsets)
-            except BaseException:
+            except BaseException as exc:
                 self.task.abort()
+                if self._rewind_requested:
+                    raise _Rewound() from exc
                 raise
         self._retrying(attempt, "put/flush")
         self.metrics.sink_record_send.inc(len(records))
@@ -359,7 +378,7 @@ class SinkWorker:
             try:
                 self._put_and_flush(records, offsets)
                 self.budget.record_valid(self._valid_count(records))
-            except (TaskFailed, _Abandoned, MemoryError):
+            except (TaskFailed, _Abandoned, _Rewound, MemoryError):
                 raise
             except Exception as exc:
                 # A raw_values task that finds a corrupt body reports it as a converter error.
@@ -377,7 +396,7 @@ class SinkWorker:
             try:
                 self._put_and_flush(part, offsets)
                 self.budget.record_valid(self._valid_count(part))
-            except (TaskFailed, _Abandoned, MemoryError):
+            except (TaskFailed, _Abandoned, _Rewound, MemoryError):
                 raise
             except Exception:
                 self._split(part, final, last=part_is_last)
@@ -387,10 +406,58 @@ class SinkWorker:
     def _commit(self, offsets: dict[TP, int]) -> None:
         """Commit what is durable: dead letters first, then the consumer positions."""
         self._retrying(self.dlq.flush, "dead-letter flush")
-        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        self._commit_durable(offsets)
+
+    def _commit_durable(self, offsets: dict[TP, int], wait: bool = False) -> None:
+        """Commit the positions the task says are durable (all of ``offsets`` unless it writes in the background)."""
+        durable = self.task.pre_commit(offsets, wait=wait)
+        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in sorted(durable.items())]
         if positions:
             self._retrying(lambda: self.consumer.commit(offsets=positions, asynchronous=False), "offset commit")
             self._note_committed(positions)
+            self.metrics.offset_commit.inc()
+
+    def _settle(self, revoking: bool = False) -> bool:
+        """Let a task that writes in the background finish, and commit what became durable. A failed
+        background write rewinds to the stored offsets (False), unless the partitions are going away
+        anyway (their next owner resumes from the stored offsets)."""
+        try:
+            self._commit_durable({}, wait=True)
+        except Exception as exc:
+            if not self._rewind_requested:
+                raise
+            self.task.abort()
+            if revoking:
+                self._rewind_requested = False
+                log.warning("a background write failed while partitions were released (%s); their next owner "
+                            "resumes from the stored offsets", safe_message(exc))
+                return False
+            self._resume_from_stored()
+            return False
+        return True
+
+    def _request_rewind(self) -> None:
+        self._rewind_requested = True
+
+    def _resume_from_stored(self) -> None:
+        """Drop the batch and seek every assigned partition back to the offsets the task stored
+        (the group's committed offset where it stored none: only durable offsets are committed)."""
+        self._rewind_requested = False
+        self.batch.clear()
+        assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+        if not assigned:
+            return
+        stored = self._retrying(lambda: self.task.open(assigned), "reading stored offsets") or {}
+        missing = [TopicPartition(topic, partition) for topic, partition in assigned if (topic, partition) not in stored]
+        committed = self._retrying(lambda: self.consumer.committed(missing, timeout=10),
+                                   "reading committed offsets") if missing else []
+        positions = [TopicPartition(t, p, offset) for (t, p), offset in stored.items() if (t, p) in assigned]
+        positions += [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                      for tp in committed or []]
+        for position in positions:
+            self.consumer.seek(position)
+        log.warning("a background write failed; resuming from the stored offsets",
+                    extra={"partitions": len(positions)})
 
     def _retrying(self, operation: Any, what: str) -> Any:
         return call_with_retries(operation, self.retry, what, on_retry=self._on_retry, wait=self._wait_paused)
@@ -488,6 +555,7 @@ class SinkWorker:
                 self._revoked_while_delivering = True
                 return
             self._flush_and_commit()
+            self._settle(revoking=True)
             self.task.close([(tp.topic, tp.partition) for tp in partitions])
             self._assigned = []
         except BaseException as exc:
@@ -556,6 +624,7 @@ class SinkWorker:
         """Stop fetching, flush, commit, leave the group."""
         self._shutdown_deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000.0
         self._flush_and_commit()
+        self._settle(revoking=True)
         self.consumer.close()  # revokes: nothing left to flush
         self.lag.clear()
         self.dlq.flush(5)

@@ -13,7 +13,12 @@ poison record, so both must be safe to call again with the same records.
 
 A sink that stores its consumed offsets itself (in the same database transaction
 as its rows) returns them from :meth:`SinkTask.open`; the runtime then seeks
-there instead of trusting the consumer group.
+there instead of trusting the consumer group. Such a sink may also finish a
+flush's write in the background while the next batch is read (Kafka Connect's
+``preCommit``): it then answers :meth:`SinkTask.pre_commit` with only the offsets
+already durable, and when a background write fails it calls
+:meth:`SinkTaskContext.rewind` and raises; the runtime drops the batch it holds
+and resumes from the offsets ``open`` returns.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class SourceTask(ABC):
 class SinkTaskContext(Protocol):
     connector_name: str
     task_id: int
+    #: True when :meth:`rewind` is available (a task may then write in the background).
+    can_rewind: bool
 
     def writer_schema(self, schema_ref: str) -> dict[str, Any]:
         """The parsed Avro schema a record was written with (``SinkRecord.schema``)."""
@@ -78,6 +85,12 @@ class SinkTaskContext(Protocol):
         """Send one bad record to the dead-letter queue and go on with the rest of the batch
         (Kafka Connect's ErrantRecordReporter); its offset is committed with the batch.
         Raises TaskFailed when errors.tolerance is none."""
+
+    def rewind(self) -> None:
+        """Ask the runtime to resume from the task's stored offsets (``open`` is called again)
+        once the current ``put``/``flush``/``pre_commit`` raises: the batch it holds is dropped
+        and everything after the stored offsets is delivered again (Kafka Connect's
+        ``SinkTaskContext.offset``)."""
 
 
 class SinkTask(ABC):
@@ -103,6 +116,13 @@ class SinkTask(ABC):
     def flush(self, offsets: dict[TopicPartition, int]) -> None:
         """Make every record given to ``put`` durable. ``offsets`` are the next
         offsets to consume per partition once this flush succeeds."""
+
+    def pre_commit(self, offsets: dict[TopicPartition, int], wait: bool = False) -> dict[TopicPartition, int]:
+        """The offsets the runtime may commit to the consumer group now (after a flush, or with
+        ``offsets`` empty when the consumer is idle or partitions are about to be revoked).
+        A task that writes in the background returns only what is durable; ``wait`` asks it to
+        finish the write in flight first."""
+        return offsets
 
     def abort(self) -> None:
         """Forget whatever ``put`` buffered since the last successful flush."""

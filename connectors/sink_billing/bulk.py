@@ -11,8 +11,10 @@ whether another transaction got there first:
 
 ``MultiRowUpsert`` sends the rows as array parameters (PostgreSQL) or runs one
 prepared statement for all rows (SQLite). ``CopyMerge`` (PostgreSQL only) COPYs
-the rows into a temporary table first. Both run inside the caller's transaction.
-bench/billing_db.py compares them.
+the rows into a temporary table first -- or, for rows the caller read as absent
+(``insert_fresh``), straight into the target under a savepoint, merging only if a
+unique violation shows that one was there after all. Both run inside the caller's
+transaction. bench/billing_db.py compares them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy.types import TypeEngine
 Row = dict[str, Any]
 # The rows' extra column holding each guard value read earlier (compare-and-set).
 EXPECTED = "cas_expected"
+_UNIQUE_VIOLATION = "23505"  # SQLSTATE unique_violation
 # Insert rowcounts are otherwise not kept by every driver/dialect pairing (psycopg: -1).
 _COUNTED = {"preserve_rowcount": True}
 
@@ -38,6 +41,9 @@ _COUNTED = {"preserve_rowcount": True}
 class BulkUpsert(Protocol):
     def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
         """Insert ``rows``, skipping any whose ``keys`` are stored already; returns how many were inserted."""
+
+    def insert_fresh(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+        """As ``__call__``, for rows whose keys were all read as absent: the cheapest insert, the same result."""
 
     def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
                         guard: str, expected: Sequence[Any]) -> int:
@@ -85,6 +91,9 @@ class MultiRowUpsert:
             return _count(conn, stmt.on_conflict_do_nothing(index_elements=list(keys)), _arrays(rows, names))
         stmt = dialect_insert(conn, target).on_conflict_do_nothing(index_elements=list(keys))
         return _count(conn, stmt, list(rows))
+
+    def insert_fresh(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+        return self(conn, target, rows, keys)
 
     def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
                         guard: str, expected: Sequence[Any]) -> int:
@@ -141,6 +150,23 @@ class CopyMerge:
         conn.execute(text(f'TRUNCATE "{staging.name}"'))  # several merges may share one transaction
         return written
 
+    def insert_fresh(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+        """COPY straight into ``target``: no staging table and no merge. A unique violation (a row
+        was there after all: a replay, or another task) rolls back to the savepoint and merges, so
+        the count still tells the caller how many rows were new; any other error propagates."""
+        if not rows or conn.dialect.name != "postgresql":
+            return self(conn, target, rows, keys)
+        names = list(rows[0])
+        try:
+            with conn.begin_nested():
+                _copy(conn, target.name, names, [_copy_type(target.c[n].type) for n in names],
+                      ([row[n] for n in names] for row in rows))
+        except Exception as error:
+            if getattr(getattr(error, "diag", None), "sqlstate", None) != _UNIQUE_VIOLATION:
+                raise
+            return self(conn, target, rows, keys)
+        return len(rows)
+
     def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
                         guard: str, expected: Sequence[Any]) -> int:
         if not rows:
@@ -166,17 +192,22 @@ def _stage(conn: Connection, target: Table, names: Sequence[str], values: Iterab
                       f'(LIKE "{target.name}" INCLUDING DEFAULTS{extra}) ON COMMIT DELETE ROWS'))
     columns = [*names, *([EXPECTED] if guard_type is not None else [])]
     types = [_copy_type(target.c[n].type) for n in names] + ([_copy_type(guard_type)] if guard_type else [])
+    _copy(conn, staging, columns, types, values)
+    return table(staging, *(column(n) for n in columns))
+
+
+def _copy(conn: Connection, table_name: str, columns: Sequence[str], types: Sequence[str],
+          values: Iterable[list[Any]]) -> None:
     quoted = ", ".join(f'"{n}"' for n in columns)
     raw = conn.connection.driver_connection  # psycopg.Connection, same transaction
     assert raw is not None
     with raw.cursor() as cursor:
         # Binary COPY: no text formatting of numbers and times on either side.
-        with cursor.copy(f'COPY "{staging}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
-            copy.set_types(types)
+        with cursor.copy(f'COPY "{table_name}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
+            copy.set_types(list(types))
             write_row = copy.write_row
             for row in values:
                 write_row(row)
-    return table(staging, *(column(n) for n in columns))
 
 
 def _copy_type(column_type: TypeEngine[Any]) -> str:

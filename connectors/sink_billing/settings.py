@@ -28,6 +28,9 @@ class BillingSettings(SinkSettings):
     billing_price_list: str = Field(EXAMPLE_PRICE_LIST, description="CSV: test_code,price,currency,"
                                     "effective_from,effective_to (the shipped example by default)")
     billing_migrate_on_start: bool = Field(True, description="run the Alembic migrations when the task starts")
+    billing_state_cache_max_keys: int = Field(
+        200_000, ge=1, description="PostgreSQL: charge states kept in memory between batches (about 0.5 KB each); "
+                                   "past it the memory is emptied and refilled from the database")
     # Measured with bench/billing_db.py; see README.md "Throughput".
     billing_write_method: Literal["multirow", "copy"] = Field(
         "copy", description="PostgreSQL only: multi-row INSERT ... ON CONFLICT, or COPY into a temp table + merge"

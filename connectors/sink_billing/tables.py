@@ -8,7 +8,7 @@ these definitions and the migrated database agree. README.md describes each tabl
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, Column, Date, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, Numeric,
+    BigInteger, CheckConstraint, Column, Date, DateTime, Index, Integer, MetaData, Numeric,
     PrimaryKeyConstraint, String, Table, text,
 )
 
@@ -105,12 +105,9 @@ ledger = Table(
     # pre-0003 task wrote during a rolling upgrade.
     Column("charge_event_id", String(64), nullable=True),
     CheckConstraint(ENTRY_SIGN, name="entry_sign"),
+    # No foreign key to billing_charges (0004): the writer inserts every ledger row in the transaction
+    # that writes its charge row, and charge rows are never deleted (trigger billing_charges_keep_rows).
     PrimaryKeyConstraint(*EVENT_PER_BILL_KEY),
-    ForeignKeyConstraint(
-        ["accession", "test_code", "source_system"],
-        ["billing_charges.accession", "billing_charges.test_code", "billing_charges.source_system"],
-    ),
-    Index("ix_billing_ledger_bill_key", "accession", "test_code", "source_system"),
     Index(ONE_CHARGE_INDEX, *BILL_KEY, unique=True,
           postgresql_where=text(CHARGE_ROWS), sqlite_where=text(CHARGE_ROWS)),
     Index(ONE_REVERSAL_INDEX, *BILL_KEY, "charge_event_id", unique=True,

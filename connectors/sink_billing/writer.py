@@ -67,35 +67,59 @@ class ChargeWriter:
         read: dict[BillKey, ChargeState] = {}
         with _classified(what):
             try:
-                return self._write(what, events, offsets, read)
+                with self.engine.begin() as conn:
+                    read.update(self._load_states(conn, {e.key for e in events}))
+                    outcome = fold_batch(self.rules, read, list(events))
+                    self._store(conn, what, read, outcome, offsets)
+                return outcome
             except Exception as error:
-                index = violations.unique_index(error)
-                if index is None:
-                    raise
-                raise self._after_index_violation(what, index, {e.key for e in events}, read) from error
+                self._check_index_violation(error, what, {e.key for e in events}, read)
+                raise
 
-    def _write(self, what: str, events: Sequence[BillingEvent], offsets: dict[TopicPartition, int],
-               read: dict[BillKey, ChargeState]) -> BatchOutcome:
-        with self.engine.begin() as conn:
-            read.update(self._load_states(conn, {e.key for e in events}))
-            outcome = fold_batch(self.rules, read, list(events))
-            now = datetime.now(timezone.utc)
-            if self._write_charges(conn, read, list(outcome.charges.values()), now) < len(outcome.charges):
-                raise RetriableError(f"{what}: a bill key was changed concurrently by another task after this "
-                                     "flush read it (compare-and-set on billing_charges); the retry re-reads it")
-            self.upsert(conn, tables.ledger, [_ledger_row(e, now) for e in outcome.ledger],
-                        keys=tables.EVENT_PER_BILL_KEY)
-            self.upsert(conn, tables.unpriced_events, [_unpriced_row(u.event, u.reason, now)
-                                                       for u in outcome.unpriced], keys=tables.EVENT_PER_BILL_KEY)
-            _store_offsets(conn, offsets, now)
-        return outcome
+    def read_states(self, keys: set[BillKey]) -> dict[BillKey, ChargeState]:
+        """The stored charge states of ``keys`` (absent keys have none), in a transaction of their own."""
+        with _classified("reading charge states"), self.engine.connect() as conn:
+            return self._load_states(conn, keys)
+
+    def commit(self, events: Sequence[BillingEvent], read: dict[BillKey, ChargeState], outcome: BatchOutcome,
+               offsets: dict[TopicPartition, int]) -> None:
+        """Store ``outcome`` -- ``events`` folded on ``read``, the states of their bill keys as this
+        task last saw them -- and ``offsets`` in one transaction, compare-and-set against ``read``."""
+        what = f"writing {_describe(events)}"
+        with _classified(what):
+            try:
+                with self.engine.begin() as conn:
+                    self._store(conn, what, read, outcome, offsets)
+            except Exception as error:
+                self._check_index_violation(error, what, {e.key for e in events}, read)
+                raise
+
+    def _check_index_violation(self, error: Exception, what: str, keys: set[BillKey],
+                               read: dict[BillKey, ChargeState]) -> None:
+        index = violations.unique_index(error)
+        if index is not None:
+            raise self._after_index_violation(what, index, keys, read) from error
+
+    def _store(self, conn: Connection, what: str, read: dict[BillKey, ChargeState], outcome: BatchOutcome,
+               offsets: dict[TopicPartition, int]) -> None:
+        now = datetime.now(timezone.utc)
+        if self._write_charges(conn, read, list(outcome.charges.values()), now) < len(outcome.charges):
+            raise RetriableError(f"{what}: a bill key was changed concurrently by another task after this "
+                                 "flush read it (compare-and-set on billing_charges); the retry re-reads it")
+        # No bill key of the batch stored yet: none of its ledger or unpriced rows can be either
+        # (bar a replay of unpriced events, which the fallback merge absorbs).
+        insert = self.upsert.insert_fresh if not read else self.upsert
+        insert(conn, tables.ledger, [_ledger_row(e, now) for e in outcome.ledger], keys=tables.EVENT_PER_BILL_KEY)
+        insert(conn, tables.unpriced_events, [_unpriced_row(u.event, u.reason, now) for u in outcome.unpriced],
+               keys=tables.EVENT_PER_BILL_KEY)
+        _store_offsets(conn, offsets, now)
 
     def _write_charges(self, conn: Connection, read: dict[BillKey, ChargeState], states: list[ChargeState],
                        now: datetime) -> int:
         """Compare-and-set against ``read``; returns how many of ``states`` were written."""
         new = [_charge_row(s, now) for s in states if s.key not in read]
         moved = [s for s in states if s.key in read]
-        written = self.upsert(conn, tables.charges, new, keys=tables.BILL_KEY)
+        written = self.upsert.insert_fresh(conn, tables.charges, new, keys=tables.BILL_KEY)
         return written + self.upsert.compare_and_set(
             conn, tables.charges, [_charge_row(s, now) for s in moved], keys=tables.BILL_KEY, guard=_GUARD,
             expected=[read[s.key].stored_event_id for s in moved])

@@ -3,6 +3,10 @@ by environment variables, so tests can SIGKILL it at exactly the dangerous momen
 
 * ``CRASH_AFTER_FLUSHES=N``: right after the task's N-th successful flush (the write
   is durable, the Kafka offset commit has not happened);
+* ``CRASH_BEFORE_FLUSH=N``: when the task's N-th flush begins, once every earlier flush is
+  durable (a task that commits in the background is let finish first: ``pre_commit(wait=True)``);
+  a task that keeps state between batches must have some then (``cached_bill_keys``), or the
+  process exits 3 instead of being killed;
 * ``CRASH_BEFORE_DB_COMMIT=N``: inside the N-th database transaction, after its
   statements ran and before COMMIT (SQLAlchemy's ``commit`` event);
 * ``CRASH_AFTER_UPLOAD_PARTS=N``: in the middle of a multipart upload, after N parts;
@@ -85,8 +89,24 @@ def _with_crash_points(spec: ConnectorSpec) -> ConnectorSpec:
 
         botocore.client.BaseClient.__init__ = init  # type: ignore[method-assign]
 
+    before_flush = int(os.environ.get("CRASH_BEFORE_FLUSH", "0"))
+
     def factory(settings: Any) -> Any:
         task = spec.task_factory(settings)
+        if before_flush:
+            flush_started = task.flush
+            flushes = {"n": 0}
+
+            def flush_or_crash(offsets: Any) -> None:
+                flushes["n"] += 1
+                if flushes["n"] >= before_flush:
+                    task.pre_commit({}, wait=True)
+                    if getattr(task, "cached_bill_keys", None) == 0:
+                        os._exit(3)  # the test wants the kill while state is held in memory
+                    _kill()
+                flush_started(offsets)
+
+            task.flush = flush_or_crash
         if after_flush is not None:
             original_flush = task.flush
 

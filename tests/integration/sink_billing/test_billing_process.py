@@ -85,6 +85,28 @@ def _env(topic: str, url: str, name: str, **extra: Any) -> dict[str, Any]:
     return {"TOPICS": topic, "CONNECTOR_NAME": name, "BILLING_DATABASE_URL": url, "FLUSH_IDLE_MS": 500, **extra}
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_sigkill_between_a_commit_and_the_next_flush_with_a_warm_state_cache_bills_exactly_once(
+        runtime: RuntimeEnv, make_topic: Callable[..., str], database_url: str) -> None:
+    """Three batches committed (the first cold, two folded on the charge states kept in memory, whose
+    offsets the consumer group has not all seen), killed as the fourth flush begins."""
+    topic = make_topic("lab-reports", partitions=3)
+    reports = 400
+    produce(runtime.bootstrap, topic, report_stream(reports), schema=LAB_REPORT)
+    name = f"billing-{topic}"
+    crashing = runtime.start_real("sink-billing", "first", CRASH_BEFORE_FLUSH=4,
+                                  **_env(topic, database_url, name, FLUSH_MAX_RECORDS=100))
+    assert crashing.wait(90) == -signal.SIGKILL  # exit 3: the cache was cold at the kill
+    charges_before, _, _ = _totals(database_url)
+    assert 0 < charges_before < reports
+
+    runtime.start_real("sink-billing", "second", **_env(topic, database_url, name, FLUSH_MAX_RECORDS=250))
+    wait_for(lambda: _totals(database_url)[:2] == expected(reports), 90, "every charge and reversal")
+    time.sleep(1.5)
+    charges, reversals, exactly_once = _totals(database_url)
+    assert (charges, reversals) == expected(reports) and exactly_once
+
+
 @pytest.mark.parametrize("crash_point", ["CRASH_AFTER_FLUSHES", "CRASH_BEFORE_DB_COMMIT"])
 def test_sigkill_around_the_database_commit_leaves_every_charge_exactly_once(
         runtime: RuntimeEnv, make_topic: Callable[..., str], database_url: str, crash_point: str) -> None:
