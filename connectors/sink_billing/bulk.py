@@ -20,7 +20,7 @@ transaction. bench/billing_db.py compares them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     BigInteger, Date, DateTime, Integer, Numeric, String, Table, bindparam, column, func, select, table, text, update,
@@ -30,7 +30,18 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import FromClause, TableClause
 from sqlalchemy.types import TypeEngine
 
-Row = dict[str, Any]
+
+
+class Rows(NamedTuple):
+    """Rows of one table: the column names once, then one tuple of values per row in that order
+    (a tuple per event is cheaper to build than a dict, and is what COPY sends)."""
+
+    names: tuple[str, ...]
+    values: list[tuple[Any, ...]]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.names, row)) for row in self.values]
+
 # The rows' extra column holding each guard value read earlier (compare-and-set).
 EXPECTED = "cas_expected"
 _UNIQUE_VIOLATION = "23505"  # SQLSTATE unique_violation
@@ -39,13 +50,13 @@ _COUNTED = {"preserve_rowcount": True}
 
 
 class BulkUpsert(Protocol):
-    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+    def __call__(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str]) -> int:
         """Insert ``rows``, skipping any whose ``keys`` are stored already; returns how many were inserted."""
 
-    def insert_fresh(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+    def insert_fresh(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str]) -> int:
         """As ``__call__``, for rows whose keys were all read as absent: the cheapest insert, the same result."""
 
-    def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
+    def compare_and_set(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str],
                         guard: str, expected: Sequence[Any]) -> int:
         """Update the stored rows named by ``keys`` to ``rows`` where the ``guard`` column still holds
         ``expected`` (one value per row); returns how many were updated."""
@@ -82,34 +93,34 @@ class MultiRowUpsert:
     set-based form for an in-process database.
     """
 
-    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
-        if not rows:
+    def __call__(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str]) -> int:
+        if not rows.values:
             return 0
-        names = list(rows[0])
+        names = rows.names
         if conn.dialect.name == "postgresql":
             stmt = postgresql.insert(target).from_select(names, _unnest(target, names))
-            return _count(conn, stmt.on_conflict_do_nothing(index_elements=list(keys)), _arrays(rows, names))
+            return _count(conn, stmt.on_conflict_do_nothing(index_elements=list(keys)), _arrays(rows))
         stmt = dialect_insert(conn, target).on_conflict_do_nothing(index_elements=list(keys))
-        return _count(conn, stmt, list(rows))
+        return _count(conn, stmt, rows.dicts())
 
-    def insert_fresh(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+    def insert_fresh(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str]) -> int:
         return self(conn, target, rows, keys)
 
-    def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
+    def compare_and_set(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str],
                         guard: str, expected: Sequence[Any]) -> int:
-        if not rows:
+        if not rows.values:
             return 0
-        names = list(rows[0])
+        names = rows.names
         if conn.dialect.name == "postgresql":
             source = _unnest(target, names, guard_type=target.c[guard].type).subquery("changed")
-            arrays = {**_arrays(rows, names), f"rows_{EXPECTED}": list(expected)}
+            arrays = {**_arrays(rows), f"rows_{EXPECTED}": list(expected)}
             return _count(conn, _guarded_update(target, source, names, keys, guard), arrays)
         # Bind names must differ from the column names an UPDATE sets.
         stmt = update(target).values({n: bindparam(f"row_{n}") for n in names if n not in keys}).where(
             *(target.c[k] == bindparam(f"row_{k}") for k in keys),
             target.c[guard].is_not_distinct_from(bindparam(f"row_{EXPECTED}")))
-        params = [{**{f"row_{n}": row[n] for n in names}, f"row_{EXPECTED}": value}
-                  for row, value in zip(rows, expected, strict=True)]
+        params = [{**{f"row_{n}": v for n, v in zip(names, row)}, f"row_{EXPECTED}": value}
+                  for row, value in zip(rows.values, expected, strict=True)]
         return _count(conn, stmt, params)
 
 
@@ -120,8 +131,8 @@ def _unnest(target: Table, names: Sequence[str], guard_type: TypeEngine[Any] | N
     ))
 
 
-def _arrays(rows: Sequence[Row], names: Sequence[str]) -> dict[str, list[Any]]:
-    return {f"rows_{n}": [row[n] for row in rows] for n in names}
+def _arrays(rows: Rows) -> dict[str, list[Any]]:
+    return {f"rows_{n}": list(column) for n, column in zip(rows.names, zip(*rows.values))}
 
 
 def _unbounded(column_type: TypeEngine[Any]) -> TypeEngine[Any]:
@@ -138,50 +149,49 @@ def _unbounded(column_type: TypeEngine[Any]) -> TypeEngine[Any]:
 class CopyMerge:
     """COPY into a transaction-scoped temporary table, then one merging INSERT ... SELECT (or UPDATE ... FROM)."""
 
-    def __call__(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
-        if not rows:
+    def __call__(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str]) -> int:
+        if not rows.values:
             return 0
         if conn.dialect.name != "postgresql":
             return MultiRowUpsert()(conn, target, rows, keys)
-        names = list(rows[0])
-        staging = _stage(conn, target, names, ([row[n] for n in names] for row in rows))
+        names = rows.names
+        staging = _stage(conn, target, names, rows.values)
         stmt = postgresql.insert(target).from_select(names, select(*(staging.c[n] for n in names)))
         written = _count(conn, stmt.on_conflict_do_nothing(index_elements=list(keys)))
         conn.execute(text(f'TRUNCATE "{staging.name}"'))  # several merges may share one transaction
         return written
 
-    def insert_fresh(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str]) -> int:
+    def insert_fresh(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str]) -> int:
         """COPY straight into ``target``: no staging table and no merge. A unique violation (a row
         was there after all: a replay, or another task) rolls back to the savepoint and merges, so
         the count still tells the caller how many rows were new; any other error propagates."""
-        if not rows or conn.dialect.name != "postgresql":
+        if not rows.values or conn.dialect.name != "postgresql":
             return self(conn, target, rows, keys)
-        names = list(rows[0])
+        names = rows.names
         try:
             with conn.begin_nested():
-                _copy(conn, target.name, names, [_copy_type(target.c[n].type) for n in names],
-                      ([row[n] for n in names] for row in rows))
+                _copy(conn, target.name, names, [_copy_type(target.c[n].type) for n in names], rows.values)
         except Exception as error:
             if getattr(getattr(error, "diag", None), "sqlstate", None) != _UNIQUE_VIOLATION:
                 raise
             return self(conn, target, rows, keys)
-        return len(rows)
+        return len(rows.values)
 
-    def compare_and_set(self, conn: Connection, target: Table, rows: Sequence[Row], keys: Sequence[str],
+    def compare_and_set(self, conn: Connection, target: Table, rows: Rows, keys: Sequence[str],
                         guard: str, expected: Sequence[Any]) -> int:
-        if not rows:
+        if not rows.values:
             return 0
         if conn.dialect.name != "postgresql":
             return MultiRowUpsert().compare_and_set(conn, target, rows, keys, guard, expected)
-        names = list(rows[0])
-        values = ([*(row[n] for n in names), value] for row, value in zip(rows, expected, strict=True))
+        names = rows.names
+        values = ((*row, value) for row, value in zip(rows.values, expected, strict=True))
         staging = _stage(conn, target, names, values, guard_type=target.c[guard].type)
         written = _count(conn, _guarded_update(target, staging, names, keys, guard))
         conn.execute(text(f'TRUNCATE "{staging.name}"'))
         return written
 
 
-def _stage(conn: Connection, target: Table, names: Sequence[str], values: Iterable[list[Any]],
+def _stage(conn: Connection, target: Table, names: Sequence[str], values: Iterable[Sequence[Any]],
            guard_type: TypeEngine[Any] | None = None) -> TableClause:
     """Binary-COPY ``values`` (one list per row: ``names``, then the expected guard value if
     ``guard_type`` is given) into a temporary table shaped like ``target``."""
@@ -197,7 +207,7 @@ def _stage(conn: Connection, target: Table, names: Sequence[str], values: Iterab
 
 
 def _copy(conn: Connection, table_name: str, columns: Sequence[str], types: Sequence[str],
-          values: Iterable[list[Any]]) -> None:
+          values: Iterable[Sequence[Any]]) -> None:
     quoted = ", ".join(f'"{n}"' for n in columns)
     raw = conn.connection.driver_connection  # psycopg.Connection, same transaction
     assert raw is not None

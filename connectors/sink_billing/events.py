@@ -53,9 +53,8 @@ class BillingEvent(NamedTuple):
 def billing_event(record: SinkRecord) -> BillingEvent:
     """Extract a BillingEvent; a record that is not a usable LabReport is a PermanentError."""
     value: dict[str, Any] | None = record.value
-    where = f"{record.topic}/{record.partition}@{record.offset}"
     if value is None:
-        raise PermanentError(f"record {where} has no value (tombstone); expected a LabReport")
+        raise PermanentError(f"record {_where(record)} has no value (tombstone); expected a LabReport")
     try:
         status = str(value["report_status"]).strip().lower()
         event = BillingEvent(
@@ -72,7 +71,11 @@ def billing_event(record: SinkRecord) -> BillingEvent:
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         # The exception text could echo a value; name only the field/exception type.
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else type(exc).__name__
-        raise PermanentError(f"record {where} is not a usable LabReport ({detail})") from None
+        raise PermanentError(f"record {_where(record)} is not a usable LabReport ({detail})") from None
     if status not in KNOWN_STATUSES:
-        raise PermanentError(f"record {where} (event {event.event_id}) has an unknown report_status")
+        raise PermanentError(f"record {_where(record)} (event {event.event_id}) has an unknown report_status")
     return event
+
+
+def _where(record: SinkRecord) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"

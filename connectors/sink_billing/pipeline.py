@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 
 from common.errors import RetriableError, safe_message
 from common.task import TopicPartition
@@ -155,4 +154,4 @@ class ChargePipeline:
         for key, state in outcome.charges.items():
             assert state.latest_event is not None  # a changed state names its event
             # The event itself is only needed to write the row: the memory keeps the state alone.
-            self._states[key] = replace(state, stored_event_id=state.latest_event.event_id, latest_event=None)
+            self._states[key] = state._replace(stored_event_id=state.latest_event.event_id, latest_event=None)

@@ -38,10 +38,10 @@ Nothing here touches a database, so the whole table is unit-tested.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from connectors.sink_billing.events import (
     CHARGING_STATUSES, CORRECTING_STATUSES, REVERSING_STATUSES, BillingEvent, BillKey,
@@ -53,8 +53,9 @@ EntryType = Literal["charge", "correction", "reversal", "rebill"]
 UnpricedReason = Literal["not_on_price_list", "no_price_on_service_date"]
 
 
-@dataclass(frozen=True, slots=True)
-class ChargeState:
+# Immutable values as NamedTuples, not frozen dataclasses: every event builds several, and a frozen
+# dataclass's __init__ (one object.__setattr__ per field) cost more than the rules themselves.
+class ChargeState(NamedTuple):
     """One row of ``billing_charges``: what is billed for a bill key now.
 
     A ``cancelled`` row records a retraction that came before any charge: amount 0 and
@@ -77,12 +78,11 @@ class ChargeState:
 
     def moved_to(self, event: BillingEvent, status: ChargeStatus | None = None) -> ChargeState:
         """This state after ``event`` changed it: the latest_* columns follow the event."""
-        return replace(self, status=status or self.status, latest_version=event.version,
-                       latest_event_time=event.event_time, latest_event=event)
+        return self._replace(status=status or self.status, latest_version=event.version,
+                             latest_event_time=event.event_time, latest_event=event)
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
+class LedgerEntry(NamedTuple):
     """One immutable row of ``billing_ledger``: a money movement (or a zero-amount correction)."""
 
     event: BillingEvent
@@ -93,16 +93,14 @@ class LedgerEntry:
     charge_event_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnpricedEvent:
+class UnpricedEvent(NamedTuple):
     """One row of ``billing_unpriced_events``: would have billed, but no price applies."""
 
     event: BillingEvent
     reason: UnpricedReason
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one event does: the new state (None = unchanged) and the rows it adds."""
 
     state: ChargeState | None = None

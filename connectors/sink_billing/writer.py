@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from common.errors import ConnectorError, PermanentError, RetriableError, scrub
 from common.task import TopicPartition
 from connectors.sink_billing import tables, violations
-from connectors.sink_billing.bulk import BulkUpsert, MultiRowUpsert, dialect_insert
+from connectors.sink_billing.bulk import BulkUpsert, MultiRowUpsert, Rows, dialect_insert
 from connectors.sink_billing.events import BillingEvent, BillKey
 from connectors.sink_billing.rules import BatchOutcome, ChargeRules, ChargeState, LedgerEntry, fold_batch
 
@@ -63,7 +63,7 @@ class ChargeWriter:
 
     def write(self, events: Sequence[BillingEvent], offsets: dict[TopicPartition, int]) -> BatchOutcome:
         """Apply ``events`` and store ``offsets`` in one transaction; returns what was written."""
-        what = f"writing {_describe(events)}"
+        what = _Writing(events)
         read: dict[BillKey, ChargeState] = {}
         with _classified(what):
             try:
@@ -85,7 +85,7 @@ class ChargeWriter:
                offsets: dict[TopicPartition, int]) -> None:
         """Store ``outcome`` -- ``events`` folded on ``read``, the states of their bill keys as this
         task last saw them -- and ``offsets`` in one transaction, compare-and-set against ``read``."""
-        what = f"writing {_describe(events)}"
+        what = _Writing(events)
         with _classified(what):
             try:
                 with self.engine.begin() as conn:
@@ -94,13 +94,13 @@ class ChargeWriter:
                 self._check_index_violation(error, what, {e.key for e in events}, read)
                 raise
 
-    def _check_index_violation(self, error: Exception, what: str, keys: set[BillKey],
+    def _check_index_violation(self, error: Exception, what: _Writing, keys: set[BillKey],
                                read: dict[BillKey, ChargeState]) -> None:
         index = violations.unique_index(error)
         if index is not None:
             raise self._after_index_violation(what, index, keys, read) from error
 
-    def _store(self, conn: Connection, what: str, read: dict[BillKey, ChargeState], outcome: BatchOutcome,
+    def _store(self, conn: Connection, what: _Writing, read: dict[BillKey, ChargeState], outcome: BatchOutcome,
                offsets: dict[TopicPartition, int]) -> None:
         now = datetime.now(timezone.utc)
         if self._write_charges(conn, read, list(outcome.charges.values()), now) < len(outcome.charges):
@@ -109,22 +109,25 @@ class ChargeWriter:
         # No bill key of the batch stored yet: none of its ledger or unpriced rows can be either
         # (bar a replay of unpriced events, which the fallback merge absorbs).
         insert = self.upsert.insert_fresh if not read else self.upsert
-        insert(conn, tables.ledger, [_ledger_row(e, now) for e in outcome.ledger], keys=tables.EVENT_PER_BILL_KEY)
-        insert(conn, tables.unpriced_events, [_unpriced_row(u.event, u.reason, now) for u in outcome.unpriced],
+        insert(conn, tables.ledger, Rows(LEDGER_COLUMNS, [_ledger_row(e, now) for e in outcome.ledger]),
+               keys=tables.EVENT_PER_BILL_KEY)
+        insert(conn, tables.unpriced_events,
+               Rows(UNPRICED_COLUMNS, [_unpriced_row(u.event, u.reason, now) for u in outcome.unpriced]),
                keys=tables.EVENT_PER_BILL_KEY)
         _store_offsets(conn, offsets, now)
 
     def _write_charges(self, conn: Connection, read: dict[BillKey, ChargeState], states: list[ChargeState],
                        now: datetime) -> int:
         """Compare-and-set against ``read``; returns how many of ``states`` were written."""
-        new = [_charge_row(s, now) for s in states if s.key not in read]
+        new = Rows(CHARGE_COLUMNS, [_charge_row(s, now) for s in states if s.key not in read])
         moved = [s for s in states if s.key in read]
         written = self.upsert.insert_fresh(conn, tables.charges, new, keys=tables.BILL_KEY)
         return written + self.upsert.compare_and_set(
-            conn, tables.charges, [_charge_row(s, now) for s in moved], keys=tables.BILL_KEY, guard=_GUARD,
+            conn, tables.charges, Rows(CHARGE_COLUMNS, [_charge_row(s, now) for s in moved]), keys=tables.BILL_KEY,
+            guard=_GUARD,
             expected=[read[s.key].stored_event_id for s in moved])
 
-    def _after_index_violation(self, what: str, index: str, keys: set[BillKey],
+    def _after_index_violation(self, what: _Writing, index: str, keys: set[BillKey],
                                read: dict[BillKey, ChargeState]) -> ConnectorError:
         """Retriable only if another task changed one of ``keys`` since ``read``: otherwise the same
         batch fails the same way forever, and only the poison record's bill key needs a person."""
@@ -189,36 +192,42 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-def _audit(event: BillingEvent, now: datetime) -> dict[str, Any]:
-    return {"event_id": event.event_id, "source_message_id": event.source_message_id,
-            "kafka_topic": event.topic, "kafka_partition": event.partition, "kafka_offset": event.offset,
-            "processed_at": now}
+# The rows as tuples in these column orders: they are built for every event of every batch.
+CHARGE_COLUMNS = ("accession", "test_code", "source_system", "status", "amount", "currency", "price_effective_from",
+                  "service_time", "charge_event_id", "latest_version", "latest_report_status", "event_id",
+                  "source_message_id", "kafka_topic", "kafka_partition", "kafka_offset", "processed_at",
+                  "latest_event_time")
+LEDGER_COLUMNS = ("event_id", "source_message_id", "kafka_topic", "kafka_partition", "kafka_offset", "processed_at",
+                  "accession", "test_code", "source_system", "entry_type", "amount", "currency", "report_status",
+                  "version", "service_time", "charge_event_id")
+UNPRICED_COLUMNS = ("event_id", "source_message_id", "kafka_topic", "kafka_partition", "kafka_offset",
+                    "processed_at", "accession", "test_code", "source_system", "reason", "report_status", "version",
+                    "service_time")
 
 
-def _key(key: BillKey) -> dict[str, Any]:
-    return {"accession": key.accession, "test_code": key.test_code, "source_system": key.source_system}
-
-
-def _charge_row(state: ChargeState, now: datetime) -> dict[str, Any]:
+def _charge_row(state: ChargeState, now: datetime) -> tuple[Any, ...]:
     latest = state.latest_event
     assert latest is not None  # only states changed by an event are written
-    return {**_key(state.key), "status": state.status, "amount": state.amount, "currency": state.currency,
-            "price_effective_from": state.price_effective_from, "service_time": state.service_time,
-            "charge_event_id": state.charge_event_id, "latest_version": state.latest_version,
-            "latest_report_status": latest.report_status, **_audit(latest, now),
-            "latest_event_time": state.latest_event_time}
+    key = state.key
+    return (key.accession, key.test_code, key.source_system, state.status, state.amount, state.currency,
+            state.price_effective_from, state.service_time, state.charge_event_id, state.latest_version,
+            latest.report_status, latest.event_id, latest.source_message_id, latest.topic, latest.partition,
+            latest.offset, now, state.latest_event_time)
 
 
-def _ledger_row(entry: LedgerEntry, now: datetime) -> dict[str, Any]:
+def _ledger_row(entry: LedgerEntry, now: datetime) -> tuple[Any, ...]:
     event = entry.event
-    return {**_audit(event, now), **_key(event.key), "entry_type": entry.entry_type, "amount": entry.amount,
-            "currency": entry.currency, "report_status": event.report_status, "version": event.version,
-            "service_time": event.event_time, "charge_event_id": entry.charge_event_id}
+    key = event.key
+    return (event.event_id, event.source_message_id, event.topic, event.partition, event.offset, now,
+            key.accession, key.test_code, key.source_system, entry.entry_type, entry.amount, entry.currency,
+            event.report_status, event.version, event.event_time, entry.charge_event_id)
 
 
-def _unpriced_row(event: BillingEvent, reason: str, now: datetime) -> dict[str, Any]:
-    return {**_audit(event, now), **_key(event.key), "reason": reason, "report_status": event.report_status,
-            "version": event.version, "service_time": event.event_time}
+def _unpriced_row(event: BillingEvent, reason: str, now: datetime) -> tuple[Any, ...]:
+    key = event.key
+    return (event.event_id, event.source_message_id, event.topic, event.partition, event.offset, now,
+            key.accession, key.test_code, key.source_system, reason, event.report_status, event.version,
+            event.event_time)
 
 
 def _describe(events: Sequence[BillingEvent]) -> str:
@@ -231,10 +240,23 @@ def _describe(events: Sequence[BillingEvent]) -> str:
     return f"{len(events)} billing events ({', '.join(parts) or 'offsets only'})"
 
 
+class _Writing:
+    """``writing N billing events (topic/partition@first..last)``, built only when a message needs it."""
+
+    def __init__(self, events: Sequence[BillingEvent]) -> None:
+        self.events = events
+
+    def __str__(self) -> str:
+        return f"writing {_describe(self.events)}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 class _classified:
     """Turn database failures into the runtime's two kinds: the record's fault or not."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: _Writing | str) -> None:
         self.what = what
 
     def __enter__(self) -> None:
