@@ -6,8 +6,9 @@ index to maintain) and guard nothing the writer does not already keep:
 * every ledger row is inserted in the same transaction as its bill key's charge row,
   which the compare-and-set has just written (a charge, rebill, correction or reversal
   always changes the charge state), so the row it would refer to is there;
-* charge rows are never deleted: ``billing_charges_keep_rows`` now refuses a DELETE
-  (and, on PostgreSQL, a TRUNCATE), which was the one way the foreign key could fire;
+* charge rows are not deleted by the sink; ``billing_charges_keep_rows`` refuses what the
+  foreign key refused, a DELETE (or, on PostgreSQL, a TRUNCATE) of charge rows that
+  ledger rows refer to -- the one way the foreign key could have fired;
 * lookups of a bill key's ledger rows by charge or reversal use the partial unique
   indexes, and nothing queries the ledger by bill key otherwise.
 
@@ -37,16 +38,33 @@ BILL_KEY_INDEX = "ix_billing_ledger_bill_key"
 ONE_CHARGE_INDEX = "ux_billing_ledger_one_charge"
 ONE_REVERSAL_INDEX = "ux_billing_ledger_one_reversal"
 KEEP_ROWS = "billing_charges_keep_rows"
-REFUSAL = "billing_charges rows are never deleted: billing_ledger refers to them"
+REFUSAL = "billing_charges rows are kept while billing_ledger rows refer to them"
+JOINED = ("l.accession = c.accession AND l.test_code = c.test_code AND l.source_system = c.source_system")
 
+# What the foreign key refused, refused the same way: deleting (or truncating) charge rows that ledger
+# rows refer to. Deleting the ledger's rows first, or both tables' in one TRUNCATE, still works.
 POSTGRESQL_KEEP_ROWS = [
     f"""CREATE FUNCTION {KEEP_ROWS}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION '{REFUSAL}' USING ERRCODE = 'restrict_violation'; END $$""",
-    f"CREATE TRIGGER {KEEP_ROWS} BEFORE DELETE OR TRUNCATE ON billing_charges "
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM 1 FROM deleted_charges c JOIN billing_ledger l ON {JOINED} LIMIT 1;
+            ELSE
+                PERFORM 1 FROM billing_ledger LIMIT 1;
+            END IF;
+            IF FOUND THEN
+                RAISE EXCEPTION '{REFUSAL}' USING ERRCODE = 'foreign_key_violation';
+            END IF;
+            RETURN NULL;
+        END $$""",
+    f"CREATE TRIGGER {KEEP_ROWS} AFTER DELETE ON billing_charges REFERENCING OLD TABLE AS deleted_charges "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION {KEEP_ROWS}()",
+    f"CREATE TRIGGER {KEEP_ROWS}_truncate AFTER TRUNCATE ON billing_charges "
     f"FOR EACH STATEMENT EXECUTE FUNCTION {KEEP_ROWS}()",
 ]
 SQLITE_KEEP_ROWS = [
-    f"CREATE TRIGGER {KEEP_ROWS} BEFORE DELETE ON billing_charges BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END",
+    f"CREATE TRIGGER {KEEP_ROWS} BEFORE DELETE ON billing_charges FOR EACH ROW WHEN EXISTS "
+    f"(SELECT 1 FROM billing_ledger l WHERE {JOINED.replace('c.', 'OLD.')}) "
+    f"BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END",
 ]
 
 
@@ -85,6 +103,7 @@ def downgrade() -> None:
             batch.create_foreign_key(FOREIGN_KEY, "billing_charges", BILL_KEY, BILL_KEY)
     else:
         op.execute(f"DROP TRIGGER {KEEP_ROWS} ON billing_charges")
+        op.execute(f"DROP TRIGGER {KEEP_ROWS}_truncate ON billing_charges")
         op.execute(f"DROP FUNCTION {KEEP_ROWS}()")
         op.create_foreign_key(FOREIGN_KEY, LEDGER, "billing_charges", BILL_KEY, BILL_KEY)
     op.create_index(BILL_KEY_INDEX, LEDGER, BILL_KEY)
