@@ -80,6 +80,16 @@ class PublishMeter:
         else:
             self._counts[topic] = count + 1
 
+    def written(self, counts: dict[str, int]) -> None:
+        """A batch's records per topic, counted by the producing code instead of :meth:`delivered`
+        (a source asks for one delivery report per topic and batch, see :meth:`latency_sample`)."""
+        for topic, count in counts.items():
+            self._counts[topic] = self._counts.get(topic, 0) + count
+
+    def latency_sample(self, message: Any) -> None:
+        """The delivery report of a batch's first record of its topic: the latency sample, not a count."""
+        self._latency.setdefault(message.topic(), message.latency())
+
     def publish(self) -> None:
         for topic, count in self._counts.items():
             EVENTS_PUBLISHED.labels(topic).inc(count)

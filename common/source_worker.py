@@ -8,6 +8,12 @@ writes them. ``transactional.id`` is ``<connector>-<task>``, so starting a task 
 any older instance (a zombie can no longer commit). On start the offsets are read back
 with ``read_committed``: a task killed mid-transaction resumes from its last
 committed batch, and its partial batch was never visible to ``read_committed`` readers.
+
+A transaction commits on its own thread (the client releases the GIL while it waits for
+the broker) while the task polls its next batch; that batch is written only after the
+commit returned, in the next transaction, so each transaction holds exactly the records
+of one batch and the offsets they reached. If the commit fails, both the batch and the
+one polled meanwhile are reported aborted (oldest first) and the source reads them again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -119,6 +126,40 @@ class SourceContext:
         self._offsets.update(latest)
 
 
+class _Commit:
+    """One batch's transaction committing on its own thread."""
+
+    def __init__(self, producer: Producer, batch: Sequence[SourceRecord | DeadLetter],
+                 latest: dict[str, tuple[dict[str, Any], dict[str, Any]]], written: int, per_topic: dict[str, int],
+                 began: float, on_done: Callable[[], None]) -> None:
+        self.batch = batch
+        self.latest = latest
+        self.written = written
+        self.per_topic = per_topic
+        self.began = began
+        self.ended = 0.0
+        self.error: BaseException | None = None
+        self._producer = producer
+        self._on_done = on_done
+        self._thread = threading.Thread(target=self._run, name="transaction-commit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._producer.commit_transaction(60)
+        except BaseException as exc:  # handed to the task's thread by wait()
+            self.error = exc
+        self.ended = time.perf_counter()
+        try:
+            self._on_done()
+        except Exception:
+            log.exception("waking the task failed")
+
+    def wait(self) -> BaseException | None:
+        self._thread.join()
+        return self.error
+
+
 class SourceWorker:
     def __init__(self, spec: ConnectorSpec, settings: SourceSettings, task: SourceTask, status: StatusReporter,
                  control: Control, serde: Serde | None = None, connector_name: str | None = None,
@@ -152,6 +193,7 @@ class SourceWorker:
                                    settings.task_id, settings.errors_deadletterqueue_context_headers_enable,
                                    transactional=True)
         self._delivery_errors: list[tuple[str, int, str]] = []  # (topic, error code, error name)
+        self._in_flight: _Commit | None = None
 
     def run(self) -> None:
         # Fences older instances with the same transactional.id and aborts their open transaction.
@@ -168,20 +210,28 @@ class SourceWorker:
         try:
             while not self.control.task_should_end():
                 if self.control.paused.is_set():
+                    self._settle(context)
                     self.status.set(TaskState.PAUSED)
                     self.control.wait_for_change(0.2)
                     continue
                 if self.status.state == TaskState.PAUSED:
                     self.status.set(TaskState.RUNNING)
-                batch = self._poll()
+                batch = self._poll()  # while the previous batch commits
+                self._settle(context, batch)
                 if batch:
                     self._write(batch, context)
                 elif self.task.done():
                     break
                 else:  # idle: still serve the producer's statistics and log lines
                     self.producer.poll(0)
+            self._settle(context)
             self.status.set(TaskState.STOPPED)
         finally:
+            if self._in_flight is not None:  # poll failed while a commit was in flight: answer it
+                try:
+                    self._settle(context)
+                except Exception:
+                    log.warning("the last transaction did not commit; its batch is read again on restart")
             self.task.stop()
 
     def _poll(self) -> Sequence[SourceRecord | DeadLetter]:
@@ -208,77 +258,109 @@ class SourceWorker:
         self.status.retrying(what, error, delay)
 
     def _write(self, batch: Sequence[SourceRecord | DeadLetter], context: SourceContext) -> None:
+        """Begin the batch's transaction, produce its records, dead letters and source offsets,
+        and start the commit; :meth:`_settle` waits for it."""
         latest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         written = 0
-        keys_by_identity: dict[int, str] = {}  # tasks share one partition dict across a batch
-
-        def partition_key(partition: dict[str, Any]) -> str:
-            key = keys_by_identity.get(id(partition))
-            if key is None:
-                key = keys_by_identity[id(partition)] = json.dumps(partition, separators=(",", ":"), sort_keys=True)
-            return key
-
+        last_partition: dict[str, Any] | None = None
+        last_key = ""
+        # Records per topic, and a delivery report only for each topic's first record of the batch
+        # (the publish latency sample): a failed record fails the commit anyway (the transaction
+        # becomes abortable), so the batch costs no Python callback per record.
+        per_topic: dict[str, int] = {}
+        delivered = self._delivered
+        produce = self.producer.produce
+        encode = self.serde.encode
+        extra_headers = self.extra_headers
+        began = time.perf_counter()
         self.producer.begin_transaction()
         try:
             for item in batch:
+                partition = item.source_partition
+                if partition is not None and partition is not last_partition:
+                    # Tasks share one partition dict across a batch: one canonical key per dict.
+                    last_partition = partition
+                    last_key = json.dumps(partition, separators=(",", ":"), sort_keys=True)
                 if isinstance(item, DeadLetter):
                     self._dead_letter(item.payload, item.key, item.headers, item.stage, item.error)
-                    if item.source_partition is not None and item.source_offset is not None:
-                        latest[partition_key(item.source_partition)] = (item.source_partition, item.source_offset)
+                    if partition is not None and item.source_offset is not None:
+                        latest[last_key] = (partition, item.source_offset)
                     continue
-                latest[partition_key(item.source_partition)] = (item.source_partition, item.source_offset)
-                if item.value is None:
+                record = item
+                latest[last_key] = (record.source_partition, record.source_offset)
+                if record.value is None:
                     value = None
                 else:
                     try:
-                        value = self.serde.encode(item.topic, item.schema, item.value)
+                        value = encode(record.topic, record.schema, record.value)
                     except Exception as exc:
                         if is_retriable(exc):
                             raise
-                        self._dead_letter(json.dumps(item.value, default=str).encode(),
-                                          item.key.encode() if item.key else None, item.headers,
+                        self._dead_letter(json.dumps(record.value, default=str).encode(),
+                                          record.key.encode() if record.key else None, record.headers,
                                           "VALUE_CONVERTER", exc)
-                        self.task.on_record_failed(item, exc)
+                        self.task.on_record_failed(record, exc)
                         continue
-                kwargs: dict[str, Any] = {"key": item.key, "value": value, "on_delivery": self._delivered}
-                headers = item.headers + self.extra_headers
-                if headers:
-                    kwargs["headers"] = headers
-                if item.timestamp_ms:
-                    kwargs["timestamp"] = item.timestamp_ms
-                self._produce(item.topic, kwargs)
+                headers = record.headers + extra_headers if extra_headers else record.headers
+                topic = record.topic
+                count = per_topic.get(topic)
+                per_topic[topic] = 1 if count is None else count + 1
+                try:
+                    produce(topic, value, record.key, headers=headers or None, timestamp=record.timestamp_ms or 0,
+                            on_delivery=delivered if count is None else None)
+                except BufferError:  # local queue full: let deliveries drain, then again
+                    self._produce(topic, {"value": value, "key": record.key, "headers": headers or None,
+                                          "timestamp": record.timestamp_ms or 0,
+                                          "on_delivery": delivered if count is None else None})
                 written += 1
-            for partition, offset in latest.values():
+            for index, (partition, offset) in enumerate(latest.values()):
                 self._produce(self.settings.offset_storage_topic, {
                     "key": offset_key(self.name, partition),
                     "value": json.dumps(offset, separators=(",", ":"), sort_keys=True).encode(),
-                    "on_delivery": self._delivered,
+                    "on_delivery": delivered if index == 0 else None,
                 })
-            self.producer.commit_transaction(60)
-            failed = self._delivery_failure()
-            if failed is not None:
-                raise failed
+            if latest:
+                per_topic[self.settings.offset_storage_topic] = len(latest)
+            self.published.written(per_topic)
         except BaseException as exc:
-            failed = self._delivery_failure()
             self._delivery_errors.clear()
             self.published.discard()
             self._abort(batch, exc)
-            if failed is not None and isinstance(exc, KafkaException):
-                # The commit only says "message(s) failed delivery": say which topic and why.
-                raise failed from exc
             raise
+        self._in_flight = _Commit(self.producer, batch, latest, written, per_topic, began, self.task.wake)
+
+    def _settle(self, context: SourceContext, polled: Sequence[SourceRecord | DeadLetter] = ()) -> None:
+        """Wait for the transaction in flight, then report it to the task. ``polled`` is a
+        batch read meanwhile: on a failed commit it is reported aborted too (it was read
+        past the offsets that did not commit) and never written."""
+        commit, self._in_flight = self._in_flight, None
+        if commit is None:
+            return
+        error = commit.wait()
+        failed = self._delivery_failure(commit.per_topic)
+        if failed is not None and (error is None or isinstance(error, KafkaException)):
+            # The commit only says "message(s) failed delivery": say which topic and why.
+            failed.__cause__, error = error, failed
+        if error is not None:
+            self._delivery_errors.clear()
+            self.published.discard()
+            try:
+                self._abort(commit.batch, error)
+            finally:
+                if polled:
+                    self._report_aborted(polled, error)
+            raise error
         self.published.publish()
-        context._update({k: v for k, (_, v) in latest.items()})
-        self.metrics.source_record_write.inc(written)
+        context._update({k: v for k, (_, v) in commit.latest.items()})
+        self.metrics.source_record_write.inc(commit.written)
         self.metrics.offset_commit.inc()
-        self.budget.record_valid(written)
-        self.task.on_committed(batch)
+        self.budget.record_valid(commit.written)
+        self.task.on_committed(commit.batch)
 
     def _produce(self, topic: str, kwargs: dict[str, Any]) -> None:
         while True:
             try:
                 self.producer.produce(topic, **kwargs)
-                self.producer.poll(0)
                 return
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)
@@ -287,20 +369,25 @@ class SourceWorker:
         if err is not None:
             self._delivery_errors.append((msg.topic(), err.code(), err.name()))
         else:
-            self.published.delivered(msg)
+            self.published.latency_sample(msg)
 
-    def _delivery_failure(self) -> RetriableError | None:
+    def _delivery_failure(self, per_topic: dict[str, int]) -> RetriableError | None:
         """The batch's failed deliveries as one error naming each topic and reason (topic names
-        are identifiers, never PHI), or None when every record was delivered."""
+        are identifiers, never PHI), or None when every report said delivered. Only each topic's
+        first record of a batch reports its delivery: a failure there stands for the batch's
+        records to that topic (a topic-wide error fails them all; any failure aborts them all)."""
         if not self._delivery_errors:
             return None
-        counts = collections.Counter(self._delivery_errors)
+        failed: dict[str, tuple[int, str]] = {}
+        for topic, code, name in self._delivery_errors:
+            failed.setdefault(topic, (code, name))
         reasons = []
-        for (topic, code, name), count in counts.items():
+        for topic, (code, name) in failed.items():
             missing = code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
-            reasons.append(f"{count} to topic {topic}: " + (
+            reasons.append(f"{per_topic.get(topic, 1)} to topic {topic}: " + (
                 f"the topic does not exist ({name}; create it, e.g. `labconnect topics create`)" if missing else name))
-        return RetriableError(f"{len(self._delivery_errors)} records failed delivery: {'; '.join(reasons)}")
+        total = sum(per_topic.get(topic, 1) for topic in failed)
+        return RetriableError(f"{total} records failed delivery: {'; '.join(reasons)}")
 
     def _dead_letter(self, payload: bytes, key: bytes | None, headers: list[tuple[str, bytes]], stage: str,
                      error: BaseException) -> None:
@@ -328,7 +415,10 @@ class SourceWorker:
             if exc.args and getattr(exc.args[0], "fatal", lambda: False)():
                 raise TaskFailed("producer fenced or fatal error: another instance took over") from exc
         finally:
-            try:
-                self.task.on_aborted(batch, error)
-            except Exception:
-                log.exception("on_aborted failed")
+            self._report_aborted(batch, error)
+
+    def _report_aborted(self, batch: Sequence[SourceRecord | DeadLetter], error: BaseException) -> None:
+        try:
+            self.task.on_aborted(batch, error)
+        except Exception:
+            log.exception("on_aborted failed")

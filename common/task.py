@@ -3,6 +3,9 @@
 A source task turns an external system into :class:`SourceRecord` batches. The
 runtime writes each batch and the batch's source offsets in one Kafka transaction,
 then calls :meth:`SourceTask.on_committed` (an HL7 listener sends its ACKs there).
+The next ``poll`` runs while a transaction commits, before that batch's
+``on_committed``/``on_aborted``: a task keeps what it read since its last committed
+batch, and reports arrive oldest first.
 
 A sink task receives decoded :class:`SinkRecord` batches in :meth:`SinkTask.put`
 and makes everything it was given durable in :meth:`SinkTask.flush`; only after
@@ -63,6 +66,11 @@ class SourceTask(ABC):
     def done(self) -> bool:
         """True when a bounded task (a replay window) has produced everything."""
         return False
+
+    def wake(self) -> None:
+        """Called from another thread when the previous batch's commit returned: a poll()
+        waiting for input should return soon (what it has, or nothing), so that the commit
+        is reported (an HL7 listener's ACKs) without waiting for more input."""
 
     def stop(self) -> None:
         """Release resources; called once, also after a failure."""

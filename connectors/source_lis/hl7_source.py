@@ -77,8 +77,9 @@ class _SenderIds:
         self.ids.append(control_id)
         self.set.add(control_id)
 
-    def commit(self) -> None:
-        self.committed = list(self.ids)
+    def commit(self, ids: list[str] | None = None) -> None:
+        """``ids``: as they stood after the committed batch (a later batch may be polled already)."""
+        self.committed = list(self.ids) if ids is None else ids
 
     def rollback(self) -> None:
         self.ids = deque(self.committed, maxlen=self.ids.maxlen)
@@ -114,7 +115,7 @@ class Hl7Source:
         self.topic_filter = kwargs.pop("topic_filter", None)
         contacts = replay is None or bool(replay.topics and settings.patients_topic in replay.topics)
         self.mapper = Hl7Mapper(time_zone=settings.hl7_time_zone, emit_contacts=contacts, **kwargs)
-        self.inbox: queue.Queue[InboundMessage] = queue.Queue()
+        self.inbox: queue.Queue[InboundMessage | None] = queue.Queue()  # None: wake()
         # Larger messages are refused: over the frame cap they were not even kept whole.
         self.max_message_bytes = min(settings.kafka_message_limit(), settings.mllp_frame_cap())
         self.peers = PeerRejects(settings.mllp_peer_max_rejects)
@@ -128,7 +129,7 @@ class Hl7Source:
         self._origin: dict[int, tuple[_Pending, _SenderIds, dict[str, Any], str]] = {}
         # Batches handed to the runtime, oldest first: it writes them one at a time, in order,
         # and reports each with on_committed/on_aborted (the batch object may be a copy).
-        self._batches: deque[tuple[list[_Pending], list[_SenderIds]]] = deque()
+        self._batches: deque[tuple[list[_Pending], list[tuple[_SenderIds, list[str]]]]] = deque()
         self._reader: ArchiveReader | None = None
         self._replay_iter: Any = None
         self._replay_partition = {"lis": settings.lis_name, "archive": "hl7"}
@@ -183,12 +184,16 @@ class Hl7Source:
             first = self.inbox.get(timeout=0.5)
         except queue.Empty:
             return []
+        if first is None:
+            return []
         inbound = [first]
         while len(inbound) < self.settings.hl7_max_batch:
             try:
-                inbound.append(self.inbox.get_nowait())
+                message = self.inbox.get_nowait()
             except queue.Empty:
                 break
+            if message is not None:
+                inbound.append(message)
         archived: list[str | None] = [None] * len(inbound)
         if self.archive is not None:
             for i, message in enumerate(inbound):
@@ -205,8 +210,13 @@ class Hl7Source:
         if not batch:
             self._answer(pending, committed=True)
             return batch
-        self._batches.append((pending, [ids for ids, _ in touched.values()]))
+        # The offset's list is the sender's ids after this batch: what a commit of it makes committed.
+        self._batches.append((pending, [(ids, offset["recent"]) for ids, offset in touched.values()]))
         return batch
+
+    def wake(self) -> None:
+        """End a poll waiting for messages: the batch before it committed and its ACKs are due."""
+        self.inbox.put(None)
 
     def _process(self, raw: bytes, inbound: InboundMessage | None, batch: list[Record], pending: list[_Pending],
                  touched: dict[str, tuple[_SenderIds, dict[str, Any]]], archived: str | None = None) -> None:
@@ -340,8 +350,8 @@ class Hl7Source:
         if not self._batches:
             return
         pending, senders = self._batches.popleft()
-        for ids in senders:
-            ids.commit()
+        for ids, after_batch in senders:
+            ids.commit(after_batch)
         self._answer(pending, committed=True)
 
     def on_aborted(self, batch: Sequence[Record], error: BaseException) -> None:
@@ -350,7 +360,7 @@ class Hl7Source:
         if not self._batches:
             return
         pending, senders = self._batches.popleft()
-        for ids in senders:
+        for ids, _ in senders:
             ids.rollback()
         self.mapper.reset()
         self._answer(pending, committed=False)

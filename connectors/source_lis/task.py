@@ -111,6 +111,11 @@ class LisSourceTask(SourceTask):
     def done(self) -> bool:
         return bool(self.source.done())
 
+    def wake(self) -> None:
+        wake = getattr(self.source, "wake", None)
+        if wake is not None:
+            wake()
+
     def stop(self) -> None:
         self.source.stop()
 

@@ -304,3 +304,39 @@ def test_a_record_the_runtime_dead_letters_makes_its_message_ae_and_a_resend_is_
     step_until_batch(runtime)
     assert again.ack() == "AA"
     assert [r for r in runtime.records if r.topic == "lab-results"]
+
+
+def _poll_until(task: LisSourceTask) -> list:
+    for _ in range(40):
+        batch = list(task.poll())
+        if batch:
+            return batch
+    raise AssertionError("nothing arrived")
+
+
+def test_a_batch_polled_while_the_one_before_commits_is_not_marked_seen_when_it_aborts(  # type: ignore[no-untyped-def]
+        live) -> None:
+    runtime, port = live
+    task = runtime.task
+    first = Sender(port).send("IN1", oru("IN1"))
+    committing = _poll_until(task)  # its commit is in flight while the next batch is polled
+    second = Sender(port).send("IN2", oru("IN2"))
+    polled = _poll_until(task)
+    task.on_committed(committing)
+    assert first.ack() == "AA"
+    task.on_aborted(polled, RuntimeError("commit failed"))
+    assert second.ack() == "AE"
+    resend = Sender(port).send("IN2", oru("IN2"))
+    step_until_batch(runtime)
+    assert resend.ack() == "AA"
+    assert len(runtime.event_ids()) == 6, "the re-send was processed again, not taken for a committed one"
+
+
+def test_wake_ends_a_poll_waiting_for_messages(live) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    runtime, _ = live
+    runtime.task.wake()
+    started = time.monotonic()
+    assert list(runtime.task.poll()) == []
+    assert time.monotonic() - started < 0.1, "returned at once, not after the 0.5 s wait"
