@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import REDACTED, ConfigError, redact_url_secrets
@@ -175,11 +175,19 @@ class SourceSettings(WorkerSettings):
 
     offset_storage_topic: str = "connect-offsets"
     transaction_timeout_ms: int = Field(60_000, ge=1000)
+    tasks_max: int = Field(1, ge=1, le=1000, description="processes sharing this connector; each has its TASK_ID")
 
     @field_validator("offset_storage_topic")
     @classmethod
     def _offset_topic_not_blank(cls, value: str) -> str:
         return not_blank(value)
+
+    @model_validator(mode="after")
+    def _task_in_range(self) -> SourceSettings:
+        if self.task_id >= self.tasks_max:
+            raise ValueError(f"TASK_ID must be below TASKS_MAX ({self.tasks_max}): tasks are numbered 0 to "
+                             f"{self.tasks_max - 1}")
+        return self
 
 
 def client_properties(bootstrap: str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:

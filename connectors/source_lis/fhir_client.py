@@ -15,6 +15,12 @@ are dropped. So:
   a restart (even mid-traversal) resumes at the last committed page;
 * the seen set holds only the overlap window, so it stays small.
 
+With :class:`TimeSlices` (several tasks share the connector) each search covers one
+owned ``_lastUpdated`` window; when a window is complete (the search was made after its
+end) the cursor moves to its end and the next owned window is searched in the same
+traversal. After an empty window one ``_count=1`` search finds where the data goes on,
+so long empty stretches (a first run from 1970) cost one request, not one per window.
+
 The poller assumes the server honours ``_sort=_lastUpdated`` (the JDBC source's
 timestamp mode has the same assumption). If it does not, the effect of pruning is
 a duplicate (same event id, skipped by sinks), never a loss.
@@ -32,6 +38,7 @@ import httpx
 
 from common.errors import PermanentError, RetriableError
 from connectors.source_lis.fhir_shapes import kind
+from connectors.source_lis.fhir_slices import TimeSlices
 
 try:  # orjson parses FHIR pages ~3x faster; the stdlib is the fallback
     from orjson import loads as json_loads
@@ -111,7 +118,7 @@ class FhirPoller:
 
     def __init__(self, *, base_url: str, client: httpx.Client, page_size: int, overlap_ms: int,
                  cursor: FhirCursor, start_ms: int = 0, until_ms: int | None = None,
-                 deadline_s: float | None = None) -> None:
+                 deadline_s: float | None = None, slices: TimeSlices | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.deadline_s = deadline_s
@@ -128,32 +135,56 @@ class FhirPoller:
         # letting it move the high-water mark would skip reports committed meanwhile (they were
         # not in this search and are older than it). So the mark never passes the search's time.
         self._search_time_ms: int | None = None
+        self.slices = slices
+        self._window_end: int | None = None  # end of the owned window the current search covers
+        self._chained_since: int | None = None  # the next owned window to search in this traversal
+        self._seek_from: int | None = None  # after an empty window: find where the data goes on
 
     @property
     def in_traversal(self) -> bool:
-        return self._next_url is not None
+        return self._next_url is not None or self._chained_since is not None or self._seek_from is not None
 
     def since_ms(self) -> int:
         return max(self.cursor.high_ms - self.overlap_ms, self.start_ms)
 
     def first_url(self, since_ms: int | None = None) -> str:
         since = self.since_ms() if since_ms is None else since_ms
+        upper = self.until_ms
+        if self.slices is not None:
+            since = self.slices.first_owned_from(since)
+            self._window_end = self.slices.window_end(since)
+            upper = self._window_end if upper is None else min(upper, self._window_end)
+        return self._search_url(since, upper, self.page_size, includes=True)
+
+    def _search_url(self, since: int, upper: int | None, count: int, includes: bool) -> str:
         params: list[tuple[str, str]] = [("_lastUpdated", "ge" + format_instant(since))]
-        if self.until_ms is not None:
-            params.append(("_lastUpdated", "lt" + format_instant(self.until_ms)))
-        params += [("_sort", "_lastUpdated"), ("_count", str(self.page_size)),
-                   ("_include", "DiagnosticReport:result"), ("_include", "DiagnosticReport:subject")]
+        if upper is not None:
+            params.append(("_lastUpdated", "lt" + format_instant(upper)))
+        params += [("_sort", "_lastUpdated"), ("_count", str(count))]
+        if includes:
+            params += [("_include", "DiagnosticReport:result"), ("_include", "DiagnosticReport:subject")]
         return f"{self.base_url}/DiagnosticReport?{urlencode(params)}"
 
     def rewind(self, cursor: FhirCursor) -> None:
         """Back to a committed cursor (after an aborted batch): the next page re-reads from there."""
         self.cursor = cursor
-        self._next_url = None
+        self._next_url = self._chained_since = self._seek_from = None
 
     def next_page(self) -> FhirPage:
+        if self._seek_from is not None:
+            found = self._first_update_from(self._seek_from)
+            self._seek_from = None
+            assert self.slices is not None
+            following = None if found is None else self.slices.first_owned_from(found)
+            if following is None or not self._reached(following):
+                return FhirPage([], {}, self.cursor.to_offset(), True)
+            self._chained_since = following
         new_search = self._next_url is None
         requested_ms = int(time.time() * 1000)
-        url = self._next_url or self.first_url()
+        url = self._next_url
+        if url is None:
+            since, self._chained_since = self._chained_since, None
+            url = self.first_url(since)
         bundle = self._get(url)
         if bundle is not None and new_search:
             self._search_time_ms = _bundle_time(bundle, requested_ms)
@@ -166,6 +197,21 @@ class FhirPoller:
             assert bundle is not None
             self._search_time_ms = _bundle_time(bundle, requested_ms)
         return self._accept(bundle)
+
+    def _reached(self, ms: int) -> bool:
+        """``ms`` is before the last search's time and inside the replay window, if any."""
+        bound = self._search_time_ms
+        return (bound is None or ms < bound) and (self.until_ms is None or ms < self.until_ms)
+
+    def _first_update_from(self, since_ms: int) -> int | None:
+        """The earliest report ``lastUpdated`` at or after ``since_ms`` (any slice's), or None."""
+        bundle = self._get(self._search_url(since_ms, self.until_ms, 1, includes=False))
+        for entry in (bundle or {}).get("entry") or ():
+            try:
+                return parse_instant(entry["resource"]["meta"]["lastUpdated"])
+            except (KeyError, TypeError, ValueError):
+                return None  # the search proper dead-letters it; here it only ends the skip
+        return None
 
     def _get(self, url: str) -> dict[str, Any] | None:
         started = time.monotonic()
@@ -215,6 +261,7 @@ class FhirPoller:
         seen = cursor.seen
         high_ms, high_id = cursor.high_ms, cursor.high_id
         bound = self._search_time_ms
+        slices = self.slices
         reports: list[dict[str, Any]] = []
         included: dict[str, dict[str, Any]] = {}
         malformed: list[tuple[Any, str]] = []
@@ -242,6 +289,8 @@ class FhirPoller:
             if updated is None or type(rid) is not str or not rid or type(raw_version) not in (str, int):
                 reports.append(resource)  # the mapper dead-letters it; it cannot move the cursor
                 continue
+            if slices is not None and not slices.owns(updated):
+                continue  # another task's window (a version re-dated after this search was made)
             version = str(raw_version)
             previous = seen.get(rid)
             if previous is not None and previous[0] == version:
@@ -253,12 +302,22 @@ class FhirPoller:
             elif (updated, rid) > (high_ms, high_id):
                 high_ms, high_id = updated, rid
             reports.append(resource)
+        self._next_url = self._next_link(bundle)
+        end = self._window_end
+        if slices is not None and self._next_url is None and end is not None and bound is not None and end <= bound:
+            # The owned window is complete: everything in it up to the search's time was read.
+            if end > high_ms:
+                high_ms, high_id = end, ""
+            following = slices.first_owned_from(end)
+            if not entries:
+                self._seek_from = end
+            elif self._reached(following):
+                self._chained_since = following
         cutoff = high_ms - self.overlap_ms
         if any(v[1] < cutoff for v in seen.values()):
             cursor.seen = seen = {k: v for k, v in seen.items() if v[1] >= cutoff}
         cursor.high_ms, cursor.high_id = high_ms, high_id
-        self._next_url = self._next_link(bundle)
-        return FhirPage(reports, included, cursor.to_offset(), self._next_url is None, malformed)
+        return FhirPage(reports, included, cursor.to_offset(), not self.in_traversal, malformed)
 
     def _next_link(self, bundle: dict[str, Any]) -> str | None:
         links = bundle.get("link") or ()

@@ -19,6 +19,7 @@ import httpx
 from common.records import DeadLetter, SourceRecord
 from connectors.source_lis.fhir_client import FhirCursor, FhirPoller, make_http_client, parse_instant
 from connectors.source_lis.fhir_mapping import FhirMapper
+from connectors.source_lis.fhir_slices import TimeSlices
 from connectors.source_lis.settings import LisSettings
 from connectors.source_lis.window import ReplayWindow
 
@@ -46,7 +47,12 @@ class FhirSource:
                  transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         self.replay = replay
-        self.partition = {"lis": settings.lis_name, "mode": "fhir"}
+        self.partition: dict[str, Any] = {"lis": settings.lis_name, "mode": "fhir"}
+        self.slices: TimeSlices | None = None
+        if settings.tasks_max > 1:  # each task its own windows and its own cursor (fhir_slices)
+            self.slices = TimeSlices(settings.task_id, settings.tasks_max, settings.fhir_slice_seconds * 1000)
+            self.partition.update(slice=settings.task_id, slices=settings.tasks_max,
+                                  slice_seconds=settings.fhir_slice_seconds)
         self.mapper = FhirMapper(partition=self.partition, **mapper_kwargs)
         assert settings.fhir_base_url is not None
         self.client = make_http_client(base_url=settings.fhir_base_url, timeout_s=settings.fhir_timeout_s,
@@ -69,7 +75,7 @@ class FhirSource:
                                  page_size=self.settings.fhir_page_size,
                                  overlap_ms=int(self.settings.fhir_overlap_seconds * 1000),
                                  cursor=FhirCursor.from_offset(offset), start_ms=start_ms, until_ms=until_ms,
-                                 deadline_s=self.settings.fhir_request_deadline_s)
+                                 deadline_s=self.settings.fhir_request_deadline_s, slices=self.slices)
 
     def poll(self) -> Sequence[SourceRecord | DeadLetter]:
         poller = self.poller

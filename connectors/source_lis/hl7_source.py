@@ -257,7 +257,7 @@ class Hl7Source:
         if message.control_id in ids.set:  # already committed: acknowledge again, write nothing
             pending.append(_Pending(inbound, header, "AA"))
             return
-        partition = {"lis": self.settings.lis_name, "sender": message.sender}
+        partition = self._sender_partition(message.sender)
         if message.sender not in touched:
             touched[message.sender] = (ids, {"recent": []})
         offset = touched[message.sender][1]
@@ -282,10 +282,19 @@ class Hl7Source:
     def _sender_ids(self, sender: str) -> _SenderIds:
         ids = self._senders.get(sender)
         if ids is None:
-            offset = self._context_offset({"lis": self.settings.lis_name, "sender": sender}) or {}
+            offset = self._context_offset(self._sender_partition(sender)) or {}
             ids = _SenderIds([str(i) for i in offset.get("recent", [])], self.settings.hl7_dedup_window)
             self._senders[sender] = ids
         return ids
+
+    def _sender_partition(self, sender: str) -> dict[str, Any]:
+        """With TASKS_MAX > 1 each listener keeps its own de-duplication window per sender: two
+        processes writing one offset key would overwrite each other's (a re-send that reaches
+        another listener is processed again, with the same event ids, which the sinks skip)."""
+        partition: dict[str, Any] = {"lis": self.settings.lis_name, "sender": sender}
+        if self.settings.tasks_max > 1:
+            partition["task"] = self.settings.task_id
+        return partition
 
     def _reject(self, raw: bytes, inbound: InboundMessage | None, header: Header | None, error: Hl7Error,
                 reason: AckError, batch: list[Record], pending: list[_Pending],

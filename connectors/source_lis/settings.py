@@ -35,6 +35,8 @@ class LisSettings(SourceSettings):
     fhir_timeout_s: float = Field(30.0, gt=0, description="connect/read timeout per request")
     fhir_request_deadline_s: float = Field(60.0, gt=0, description="deadline per request, connect to last byte")
     fhir_start_time: str | None = Field(None, description="ISO instant to start from when there is no offset")
+    fhir_slice_seconds: int = Field(600, ge=1, description="with TASKS_MAX > 1: length of the lastUpdated windows "
+                                                            "dealt to the tasks in turn")
 
     mllp_host: str = Field("127.0.0.1", description="listen address")
     mllp_port: int = Field(2575, ge=0, le=65535)

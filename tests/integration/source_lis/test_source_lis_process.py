@@ -132,6 +132,24 @@ def test_sigkill_mid_transaction_then_restart_writes_every_result_exactly_once(
     assert "task state RUNNING" in runtime.log("second")
 
 
+def test_two_tasks_share_one_connector_and_a_sigkill_of_one_loses_and_repeats_nothing(
+        runtime: RuntimeEnv, topics: LisTopics, lis: FhirSimulator) -> None:
+    versions = generate(seed=43, reports=300)  # about 3 minutes of lastUpdated: nine 20 s windows
+    lis.publish(versions)
+    env = _fhir_env(lis, topics, TASKS_MAX=2, FHIR_SLICE_SECONDS=20)
+
+    crashing = runtime.start_real("source-lis", "task0", CRASH_IN_TRANSACTION=3, TASK_ID=0, **env)
+    runtime.start_real("source-lis", "task1", TASK_ID=1, **env)
+    assert crashing.wait(40) == -signal.SIGKILL, runtime.log("task0")[-2000:]
+    runtime.start_real("source-lis", "task0-again", TASK_ID=0, **env)
+
+    _assert_exactly_once(runtime, topics, lis.expected_event_ids(), _result_count(list(lis.current.values())))
+    cursors = _stored_cursor(runtime, str(env["CONNECTOR_NAME"]))
+    assert sorted(json.loads(key)["slice"] for key in cursors) == [0, 1], "one cursor per task"
+    newest = max(v.updated_ms for v in versions)
+    assert all(cursor["last_updated"] >= newest - 40_000 for cursor in cursors.values()), "both read to the end"
+
+
 def test_lis_answering_500_for_a_while_is_retried_and_nothing_is_lost_or_repeated(
         runtime: RuntimeEnv, topics: LisTopics, lis: FhirSimulator) -> None:
     # One version per report: a report re-versioned during a traversal is the next test's subject.

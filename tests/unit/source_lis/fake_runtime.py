@@ -92,6 +92,7 @@ def mock_transport(sim: Any) -> Any:
         params = list(request.url.params.multi_items())
         query = dict(params)
         faults = sim.faults
+        faults.requests += 1  # as the simulator's HTTP server counts them
         if faults.take("fail_next"):
             return httpx.Response(500)
         if faults.take("throttle_next"):
