@@ -84,12 +84,13 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(metadata.partitions)
 
 
-def show(bootstrap: str | None, topic: str, limit: int, connector: str | None) -> int:
+def _dead_letters(bootstrap: str | None, topic: str, connector: str | None) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Every dead letter of ``topic`` from its start (of ``connector`` only, when given), with its
+    ``__connect.errors.*`` context; read by a throwaway consumer that commits nothing."""
     config = client_properties(bootstrap)
     require_reachable(config)
-    consumer = Consumer({**config, "group.id": f"dlq-show-{uuid.uuid4().hex}", "logger": TOOL_LOG,
+    consumer = Consumer({**config, "group.id": f"dlq-read-{uuid.uuid4().hex}", "logger": TOOL_LOG,
                          "enable.auto.commit": False, "enable.partition.eof": True})
-    shown = 0
     try:
         partitions = _partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -98,17 +99,21 @@ def show(bootstrap: str | None, topic: str, limit: int, connector: str | None) -
                 ctx = _context(message)
                 if connector and ctx.get("connector.name") != connector:
                     continue
-                print(f"{message.partition()}:{message.offset():<8} from {ctx.get('topic') or '-'}"
-                      f"[{ctx.get('partition', '-')}]@{ctx.get('offset', '-')} "
-                      f"connector={ctx.get('connector.name', '-')} stage={ctx.get('stage', '-')} "
-                      f"{ctx.get('exception.class.name', '-')}: {ctx.get('exception.message', '')}")
-                shown += 1
-                if shown >= limit:
-                    break
-            if shown >= limit:
-                break
+                yield message, ctx
     finally:
         consumer.close()
+
+
+def show(bootstrap: str | None, topic: str, limit: int, connector: str | None) -> int:
+    shown = 0
+    for message, ctx in _dead_letters(bootstrap, topic, connector):
+        if shown >= limit:
+            break
+        print(f"{message.partition()}:{message.offset():<8} from {ctx.get('topic') or '-'}"
+              f"[{ctx.get('partition', '-')}]@{ctx.get('offset', '-')} "
+              f"connector={ctx.get('connector.name', '-')} stage={ctx.get('stage', '-')} "
+              f"{ctx.get('exception.class.name', '-')}: {ctx.get('exception.message', '')}")
+        shown += 1
     print(f"({shown} dead letters shown)")
     return 0
 
@@ -135,25 +140,11 @@ class DeadLetterGroup:
 
 def summarise(bootstrap: str | None, topic: str, connector: str | None = None) -> list[DeadLetterGroup]:
     """Every dead letter of ``topic`` (of ``connector`` only, when given), grouped."""
-    config = client_properties(bootstrap)
-    require_reachable(config)
-    consumer = Consumer({**config, "group.id": f"dlq-list-{uuid.uuid4().hex}", "logger": TOOL_LOG,
-                         "enable.auto.commit": False, "enable.partition.eof": True})
     groups: dict[tuple[str, str, str], DeadLetterGroup] = {}
-    try:
-        partitions = _partitions(consumer, topic)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        for batch in _read(consumer, partitions):
-            for message in batch:
-                ctx = _context(message)
-                name = ctx.get("connector.name") or "-"
-                if connector and name != connector:
-                    continue
-                key = (name, ctx.get("stage") or "-", ctx.get("exception.class.name") or "-")
-                group = groups.get(key) or groups.setdefault(key, DeadLetterGroup(*key))
-                group.add(message.timestamp()[1], _redriven_from(message) is not None)
-    finally:
-        consumer.close()
+    for message, ctx in _dead_letters(bootstrap, topic, connector):
+        key = (ctx.get("connector.name") or "-", ctx.get("stage") or "-", ctx.get("exception.class.name") or "-")
+        group = groups.get(key) or groups.setdefault(key, DeadLetterGroup(*key))
+        group.add(message.timestamp()[1], _redriven_from(message) is not None)
     return sorted(groups.values(), key=lambda g: (g.connector, g.stage, -g.count))
 
 
