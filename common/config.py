@@ -74,6 +74,8 @@ class WorkerSettings(BaseSettings):
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     schema_registry_url: str | None = Field(None, description="Confluent-compatible registry; unset = embedded schemas")
     schema_registry_auto_register: bool = True
+    avro_codec: Literal["generated", "fastavro"] = Field(
+        "generated", description="generated: schema-specialised Avro codecs; fastavro: fastavro for every value")
     errors_tolerance: Literal["none", "all"] = "all"
     errors_retry_timeout_ms: int = Field(300_000, ge=-1, description="-1 retries forever")
     errors_retry_delay_max_ms: int = Field(60_000, ge=1)

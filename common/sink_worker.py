@@ -123,7 +123,7 @@ class SinkWorker:
         self.control = control
         self.name = settings.connector_name or spec.name
         self.serde = serde or make_serde(settings.schema_registry_url, settings.schema_registry_auto_register,
-                                         settings.schema_registry_properties())
+                                         settings.schema_registry_properties(), settings.avro_codec)
         self.metrics = TaskMetrics(self.name, settings.task_id, "sink")
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
         self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,

@@ -171,7 +171,7 @@ class SourceWorker:
         self.control = control
         self.name = connector_name or settings.connector_name or spec.name
         self.serde = serde or make_serde(settings.schema_registry_url, settings.schema_registry_auto_register,
-                                         settings.schema_registry_properties())
+                                         settings.schema_registry_properties(), settings.avro_codec)
         self.metrics = TaskMetrics(self.name, settings.task_id, "source")
         self.published = PublishMeter()
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)

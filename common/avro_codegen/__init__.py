@@ -8,7 +8,7 @@ fastavro stays the reference: the generated code handles the ordinary case (valu
 exact builtin types, well-formed bytes) and hands anything else to fastavro, so bytes,
 decoded values and exceptions are fastavro's in every case, only faster. A schema the
 generator does not cover (more than 64 union branches, nested unions, unknown types) gets
-fastavro's codec outright. ``LABCONNECT_AVRO_CODEC=fastavro`` uses fastavro for everything.
+fastavro's codec outright. ``AVRO_CODEC=fastavro`` uses fastavro for everything.
 
     source.py        the emitted source: functions, constants, fresh names, compile()
     schemas.py       named types and the questions asked of a parsed schema

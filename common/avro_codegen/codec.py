@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes, int], Any]
 
-CODEC_ENV = "LABCONNECT_AVRO_CODEC"
+CODEC_ENV = "AVRO_CODEC"
 GENERATED, FASTAVRO = "generated", "fastavro"
 
 _encoders: dict[str, Encoder] = {}

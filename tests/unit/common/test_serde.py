@@ -8,6 +8,7 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from common.avro_codegen import generated_source
 from common.errors import RetriableError
 from common.serde import RegistrySerde, SchemaRepository, SerializationError, SingleObjectSerde, avro_fingerprint
 from tests.support.test_connectors import LAB_RESULT, lab_result
@@ -84,3 +85,58 @@ def test_a_registry_that_cannot_answer_is_retried_while_an_unknown_schema_id_is_
     serde.client.get_schema = get_schema  # type: ignore[method-assign]
     with pytest.raises(kind):
         serde.decode(b"\x00\x00\x00\x00\x07" + b"\x02")
+
+
+# ----------------------------------------------------------- generated codecs
+def test_both_encodings_write_the_same_bytes_with_the_generated_codec_as_with_fastavro() -> None:
+    value = lab_result(11)
+    assert SingleObjectSerde(codec="generated").encode("t", LAB_RESULT, value) == \
+        SingleObjectSerde(codec="fastavro").encode("t", LAB_RESULT, value)
+    generated, reference = RegistrySerde("mock://same-bytes", codec="generated"), \
+        RegistrySerde("mock://same-bytes", codec="fastavro")
+    for n in range(3):  # the first goes through the registry serializer, the others do not
+        assert generated.encode("t", LAB_RESULT, lab_result(n)) == reference.encode("t", LAB_RESULT, lab_result(n))
+
+
+def test_the_serde_encodes_and_decodes_with_generated_code_once_per_schema() -> None:
+    single, registry = SingleObjectSerde(codec="generated"), RegistrySerde("mock://generated", codec="generated")
+    for serde in (single, registry):
+        for n in range(2):
+            value, ref = serde.decode(serde.encode("t", LAB_RESULT, lab_result(n)), LAB_RESULT)
+            assert value["event_id"] == f"e{n}"
+        assert len(serde._encoders) == 1 and len(serde._resolved) == 1
+        encode = next(iter(serde._encoders.values()))[1]
+        assert generated_source(encode) is not None
+        decoders = [entry[0] if isinstance(entry, tuple) else entry for entry in serde._resolved.values()]
+        assert all(generated_source(decoder) is not None for decoder in decoders)
+
+
+def test_avro_codec_fastavro_uses_fastavro_for_every_value() -> None:
+    serde = SingleObjectSerde(codec="fastavro")
+    serde.decode(serde.encode("t", LAB_RESULT, lab_result(1)))
+    assert generated_source(serde._encoders[LAB_RESULT][1]) is None
+    assert all(generated_source(decoder) is None for decoder, _ in serde._resolved.values())
+
+
+def test_the_avro_codec_setting_is_checked_at_load_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.config import SinkSettings, load_settings
+    from common.errors import ConfigError
+
+    monkeypatch.setenv("TOPICS", "t")
+    monkeypatch.setenv("AVRO_CODEC", "fast")
+    with pytest.raises(ConfigError, match="AVRO_CODEC"):
+        load_settings(SinkSettings)
+    monkeypatch.setenv("AVRO_CODEC", "fastavro")
+    assert load_settings(SinkSettings).avro_codec == "fastavro"
+
+
+@pytest.mark.parametrize("codec", ["generated", "fastavro"])
+def test_a_bad_value_or_body_is_the_same_serialization_error_with_either_codec(codec: str) -> None:
+    serde = SingleObjectSerde(codec=codec)
+    bad = dict(lab_result(1), status="NOT_A_STATUS")
+    with pytest.raises(SerializationError, match="value does not match schema .*LabResult: ValueError"):
+        serde.encode("t", LAB_RESULT, bad)
+    data = serde.encode("t", LAB_RESULT, lab_result(1))
+    with pytest.raises(SerializationError, match="cannot decode Avro body: (EOFError|IndexError)") as caught:
+        serde.decode(data[:-3])
+    assert "e1" not in str(caught.value)
