@@ -147,7 +147,7 @@ class SingleObjectSerde:
     def peek(self, data: bytes) -> str:
         ref = self._peeked.get(data[:10])  # marker + fingerprint: one slice and one lookup per record
         if ref is None:
-            ref = self._resolve(data, None)[2]
+            ref = self._resolve(data, None)[1]
             self._peeked[data[:10]] = ref
         return ref
 

@@ -140,3 +140,13 @@ def test_a_bad_value_or_body_is_the_same_serialization_error_with_either_codec(c
     with pytest.raises(SerializationError, match="cannot decode Avro body: (EOFError|IndexError)") as caught:
         serde.decode(data[:-3])
     assert "e1" not in str(caught.value)
+
+
+@pytest.mark.parametrize("codec", ["generated", "fastavro"])
+def test_peek_names_the_writer_schema_decode_names_without_decoding(codec: str) -> None:
+    serde = SingleObjectSerde(codec=codec)
+    data = serde.encode("t", LAB_RESULT, lab_result(1))
+    assert serde.peek(data) == serde.decode(data)[1] == f"fp:{data[2:10].hex()}"
+    assert serde.peek(data[:12]) == serde.peek(data)  # the body is not read
+    with pytest.raises(SerializationError):
+        serde.peek(b"\xc3\x01" + b"\x00" * 8)
