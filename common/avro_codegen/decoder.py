@@ -195,14 +195,17 @@ class DecoderGenerator:
     def _blocks(self, fn: Function, first_schema: Any) -> Iterator[None]:
         """The loop over an array's or a map's blocks and their items, up to the empty block."""
         count = fn.fresh("count")
-        with fn.block("while True:"):
-            self._length(fn, count, "read_block_count")
-            with fn.block(f"if not {count}:"):
-                fn.line("break")
-            if kind_of(self.writer_names.resolve(first_schema)) not in ZERO_WIDTH:
-                fn.line(f"if {count} > len(buf) - pos: raise Unusual  # more items than bytes left")
-            with fn.block(f"for _ in range({count}):"):
-                yield
+        with fn.block("if buf[pos]:"):
+            with fn.block("while True:"):
+                self._length(fn, count, "read_block_count")
+                with fn.block(f"if not {count}:"):
+                    fn.line("break")
+                if kind_of(self.writer_names.resolve(first_schema)) not in ZERO_WIDTH:
+                    fn.line(f"if {count} > len(buf) - pos: raise Unusual  # more items than bytes left")
+                with fn.block(f"for _ in range({count}):"):
+                    yield
+        with fn.block("else:"):
+            fn.line("pos += 1  # no items: the empty block alone")
 
     def read_union(self, fn: Function, writer: Any, reader: Any, x: str) -> None:
         if len(writer) > 64:

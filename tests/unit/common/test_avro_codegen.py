@@ -31,7 +31,7 @@ from common.avro_codegen import (
 )
 from common.avro_codegen.decoder import INLINE_LOGICAL, DecoderGenerator
 from common.avro_codegen.encoder import EncoderGenerator
-from common.avro_codegen.runtime import EPOCH_UTC, read_long, timedelta
+from common.avro_codegen.runtime import EPOCH_UTC, int_bytes, long_bytes, read_long, timedelta
 from common.avro_codegen.union_choice import CONVERTED_BY, FAST_TYPES
 from tests.support.avro_values import (
     KITCHEN_SINK,
@@ -337,6 +337,20 @@ def test_inline_timestamp_conversions_equal_fastavros_readers(number: int) -> No
 @given(st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-200, 200)))
 def test_varints_read_as_fastavro_reads_them(number: int) -> None:
     encoded = reference_encoder("long")(number) + b"\x00"
+    assert read_long(encoded, 0) == (number, len(encoded) - 1)
+
+
+_VARINT_EDGES = [v for bits in (6, 13, 27, 41, 48, 62, 63) for v in (1 << bits, (1 << bits) - 1, -(1 << bits),
+                                                                     -(1 << bits) - 1) if -(1 << 63) <= v < 1 << 63]
+
+
+@given(st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-(1 << 42), 1 << 42),
+                 st.sampled_from(_VARINT_EDGES)))
+def test_varints_written_from_the_tables_equal_fastavros(number: int) -> None:
+    assert long_bytes(number) == reference_encoder("long")(number)
+    if -(1 << 31) <= number < 1 << 31:
+        assert int_bytes(number) == reference_encoder("int")(number)
+    encoded = long_bytes(number) + b"\x00"
     assert read_long(encoded, 0) == (number, len(encoded) - 1)
 
 
