@@ -9,7 +9,7 @@
 
 Encoding and decoding are the hot path of the source and of every sink, so both encodings
 use the codecs of :mod:`common.avro_codegen`: an encoder per writer schema and a decoder
-per (writer, reader) pair, generated at first use and cached by fingerprint / id, twice
+per (writer, reader) pair, generated at first use and cached by fingerprint / id, about twice
 as fast as fastavro and equal to it in bytes, values and errors (fastavro stays the
 reference, and serves the schemas the generator does not cover). ``AVRO_CODEC=fastavro``
 uses fastavro throughout.
