@@ -42,17 +42,23 @@ def _gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def fhir_partition(settings: LisSettings, task_id: int) -> dict[str, Any]:
+    """The source partition holding task ``task_id``'s cursor."""
+    partition: dict[str, Any] = {"lis": settings.lis_name, "mode": "fhir"}
+    if settings.tasks_max > 1:
+        partition.update(slice=task_id, slices=settings.tasks_max, slice_seconds=settings.fhir_slice_seconds)
+    return partition
+
+
 class FhirSource:
     def __init__(self, settings: LisSettings, mapper_kwargs: dict[str, Any], replay: ReplayWindow | None,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         self.replay = replay
-        self.partition: dict[str, Any] = {"lis": settings.lis_name, "mode": "fhir"}
+        self.partition = fhir_partition(settings, settings.task_id)
         self.slices: TimeSlices | None = None
         if settings.tasks_max > 1:  # each task its own windows and its own cursor (fhir_slices)
             self.slices = TimeSlices(settings.task_id, settings.tasks_max, settings.fhir_slice_seconds * 1000)
-            self.partition.update(slice=settings.task_id, slices=settings.tasks_max,
-                                  slice_seconds=settings.fhir_slice_seconds)
         self.mapper = FhirMapper(partition=self.partition, **mapper_kwargs)
         assert settings.fhir_base_url is not None
         self.client = make_http_client(base_url=settings.fhir_base_url, timeout_s=settings.fhir_timeout_s,

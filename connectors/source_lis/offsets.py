@@ -1,11 +1,12 @@
 """What `labconnect offsets reset` means for source-lis's source partitions.
 
-* FHIR (``{"lis", "mode": "fhir"}``): the offset is the ``meta.lastUpdated`` cursor.
+* FHIR (``{"lis", "mode": "fhir"}``, with the task's slice under ``TASKS_MAX``): the offset
+  is the ``meta.lastUpdated`` cursor, every task's moved alike.
   ``--to-datetime T`` sets it to T (the next search asks for ``_lastUpdated`` from T less
   ``FHIR_OVERLAP_SECONDS``, and every report version found is published again: the sinks
   skip the event ids they hold); ``--to-latest`` sets it to now (nothing older is read);
   ``--to-earliest`` removes it (the next start reads from ``FHIR_START_TIME``, or everything).
-* HL7 sender (``{"lis", "sender"}``): the offset is the sender's recent control ids, the
+* HL7 sender (``{"lis", "sender"}``, with the task under ``TASKS_MAX``): the offset is the sender's recent control ids, the
   duplicate window. A live MLLP feed has no position to move (senders push); only
   ``--to-earliest`` applies, and forgets the window (a re-sent message is published again).
 * HL7 replay (``{"lis", "archive": "hl7"}``): file and byte position in the archive;
@@ -34,8 +35,10 @@ class LisOffsetRules:
         self.settings = settings
 
     def known_partitions(self) -> list[dict[str, Any]]:
-        if self.settings.lis_mode == "fhir":
-            return [{"lis": self.settings.lis_name, "mode": "fhir"}]
+        if self.settings.lis_mode == "fhir":  # one cursor per task (TASKS_MAX)
+            from connectors.source_lis.fhir_source import fhir_partition
+
+            return [fhir_partition(self.settings, task) for task in range(self.settings.tasks_max)]
         return []  # HL7 senders are known once they have sent something
 
     def describe(self, partition: Mapping[str, Any], offset: Mapping[str, Any]) -> str:

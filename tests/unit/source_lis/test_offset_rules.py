@@ -14,8 +14,8 @@ ARCHIVE = {"lis": "lis", "archive": "hl7"}
 CURSOR = {"last_updated": 1_767_225_600_000, "id": "r9", "seen": {"r9": ["2", 1_767_225_600_000]}}
 
 
-def _rules(mode: str = "fhir") -> LisOffsetRules:
-    return LisOffsetRules(LisSettings(lis_mode=mode, fhir_base_url="http://lis.test/fhir"))
+def _rules(mode: str = "fhir", **settings: object) -> LisOffsetRules:
+    return LisOffsetRules(LisSettings(lis_mode=mode, fhir_base_url="http://lis.test/fhir", **settings))
 
 
 def test_a_fhir_cursor_moves_to_the_time_to_now_or_is_removed() -> None:
@@ -28,6 +28,10 @@ def test_a_fhir_cursor_moves_to_the_time_to_now_or_is_removed() -> None:
     earliest = rules.reset(FHIR, CURSOR, ResetTarget("earliest"))
     assert earliest.offset is None and not earliest.keep
     assert rules.known_partitions() == [FHIR] and _rules("hl7-mllp").known_partitions() == []
+    sliced = _rules(tasks_max=2, fhir_slice_seconds=60).known_partitions()
+    assert [p["slice"] for p in sliced] == [0, 1] and all(p["mode"] == "fhir" for p in sliced)
+    assert rules.reset(sliced[1], CURSOR, ResetTarget("datetime", 5)).offset == {"last_updated": 5, "id": "",
+                                                                                "seen": {}}
     assert rules.describe(FHIR, CURSOR) == ("lastUpdated cursor 2026-01-01T00:00:00.000+00:00 "
                                             "(1 report versions in the overlap window)")
 
