@@ -106,9 +106,11 @@ class SecureListeners:
     password: str = ""
 
     @classmethod
-    def create(cls, directory: Path) -> SecureListeners:
+    def create(cls, directory: Path, ports: tuple[int, int] | None = None) -> SecureListeners:
+        """A fresh CA and certificates in ``directory``; ``ports``: (SASL_SSL, SSL), free ones if None."""
         ca = CertificateAuthority.create(directory / "tls")
-        return cls(sasl_ssl_port=free_port(), ssl_port=free_port(), ca=ca, server=ca.issue("kafka-broker", server=True),
+        sasl_ssl_port, ssl_port = ports or (free_port(), free_port())
+        return cls(sasl_ssl_port=sasl_ssl_port, ssl_port=ssl_port, ca=ca, server=ca.issue("kafka-broker", server=True),
                    client=ca.issue("labconnect-client", server=False), keystore_password=secrets.token_hex(12),
                    password=secrets.token_hex(16))
 
@@ -291,7 +293,8 @@ def _cli_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data) if args.data else state_dir() / "kafka-data"
     if not args.data and data_dir.exists():
         shutil.rmtree(data_dir)
-    secure = SecureListeners.create(data_dir) if args.secure else None
+    # Next to the plaintext port and the controller's (port + 1), so the printed settings stay put.
+    secure = SecureListeners.create(data_dir, (args.port + 2, args.port + 3)) if args.secure else None
     broker = KafkaBroker(port=args.port, controller_port=args.port + 1, data_dir=data_dir, secure=secure)
     broker.start()
     state_dir().mkdir(parents=True, exist_ok=True)
@@ -349,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=int(os.environ.get("LABCONNECT_KAFKA_PORT", "9092")))
     up.add_argument("--data", help="data directory (default: a fresh one in the cache)")
     up.add_argument("--secure", action="store_true",
-                    help="also listen with SASL_SSL (SCRAM-SHA-512) and mutual TLS; prints the client settings")
+                    help="also listen with SASL_SSL (SCRAM-SHA-512) on PORT+2 and mutual TLS on PORT+3; "
+                    "prints the client settings")
     up.set_defaults(run=_cli_up)
     sub.add_parser("down", help="stop the broker").set_defaults(run=_cli_down)
     sub.add_parser("status", help="is it running?").set_defaults(run=_cli_status)
