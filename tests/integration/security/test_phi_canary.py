@@ -24,7 +24,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -97,7 +97,8 @@ def _cli(args: list[str], env: dict[str, str]) -> str:
 
 
 def test_no_patient_marker_reaches_anything_an_operator_sees(
-        pipeline: Pipeline, runtime: RuntimeEnv, providers: ProviderServer, make_topic: Callable[..., str]) -> None:
+        providers: ProviderServer, pipeline: Pipeline, runtime: RuntimeEnv) -> None:
+    # `providers` first: torn down last, after the connector processes holding connections to it.
     markers = Markers()
     versions = markers.dress(generate(seed=15, reports=6, patients=PATIENTS, preliminary_share=0,
                                       correction_share=0, cancel_share=0))
