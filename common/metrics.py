@@ -59,30 +59,19 @@ TASK_INFO = Gauge("labconnect_task_info", "1 per task process: joins the kafka_*
 
 
 class PublishMeter:
-    """Counts a producer's deliveries per topic. :meth:`delivered` runs in the delivery
-    callback, once per record, so it only touches a dict; :meth:`publish` hands the counts
-    to Prometheus after the batch's transaction committed, :meth:`discard` forgets them
-    when it was aborted (an aborted record was never published to read_committed readers).
-
-    The latency histogram takes the first delivery of each topic in a batch: the record
-    that waited longest in the producer's queue, without a histogram update per record."""
+    """Counts what a source published, per topic, without Prometheus work per record: the
+    producing code hands each batch's counts per topic to :meth:`written`, and the delivery
+    report of each topic's first record in the batch (the one that waited longest in the
+    producer's queue) to :meth:`latency_sample`. :meth:`publish` passes them to Prometheus
+    once the batch's transaction committed; :meth:`discard` forgets them when it was aborted
+    (an aborted record was never published to read_committed readers)."""
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._latency: dict[str, float | None] = {}
 
-    def delivered(self, message: Any) -> None:
-        topic = message.topic()
-        count = self._counts.get(topic)
-        if count is None:
-            self._counts[topic] = 1
-            self._latency[topic] = message.latency()
-        else:
-            self._counts[topic] = count + 1
-
     def written(self, counts: dict[str, int]) -> None:
-        """A batch's records per topic, counted by the producing code instead of :meth:`delivered`
-        (a source asks for one delivery report per topic and batch, see :meth:`latency_sample`)."""
+        """A batch's records per topic."""
         for topic, count in counts.items():
             self._counts[topic] = self._counts.get(topic, 0) + count
 
