@@ -1,13 +1,18 @@
 """Benchmark: LIS simulator -> source-lis -> the real broker, exactly-once on, next to the bare producer.
 
-    PYTHONPATH=. python bench/source_lis_kafka.py [--reports 24000] [--page-size 1000]
+    PYTHONPATH=. python bench/source_lis_kafka.py [--reports 24000] [--page-size 1000] [--rounds 3]
                                                   [--mllp-reports 2000] [--mllp-senders 8]
 
 Fresh topics on a real broker ($KAFKA_BOOTSTRAP_SERVERS, or one started here). Each mode
-runs in its own process, so each peak RSS (``ru_maxrss``) is that mode's own:
+runs in its own process, so each peak RSS (``ru_maxrss``) is that mode's own. The FHIR modes
+run ``--rounds`` times, interleaved (the order rotates each round), and the summary gives
+the medians and their ratios:
 
 * ``fhir``        simulator (its own process, pages pre-rendered) -> FHIR search over HTTP ->
                   LisSourceTask -> the real SourceWorker: one transaction per page with the cursor
+* ``fhir x2``     the same with TASKS_MAX=2: two processes, one connector, each its own
+                  lastUpdated windows (FHIR_SLICE_SECONDS) and cursor; the rate is all results over
+                  the wall time from the first start to the last end
 * ``fhir-bare``   the same records (polled and encoded before the clock starts) through a plain
                   confluent-kafka Producer with the worker's settings: non-transactional
                   (idempotent), then transactional with the page sizes the worker had
@@ -17,7 +22,8 @@ runs in its own process, so each peak RSS (``ru_maxrss``) is that mode's own:
                   worker's mean transaction size
 
 Latency is per transaction (begin -> commit returned: produce, offsets and commit) for the
-worker, and per transaction for the transactional bare producer.
+worker, and per transaction for the transactional bare producer. The worker commits on its
+own thread while it polls the next page, so its "commit wait" is only the time it was blocked.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +66,8 @@ def _percentile(values: list[float], q: float) -> float:
 def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
     from connectors.source_lis.settings import LisSettings
 
-    return LisSettings(kafka_bootstrap_servers=args.bootstrap, connector_name=f"bench-{uuid.uuid4().hex[:8]}",
+    return LisSettings(kafka_bootstrap_servers=args.bootstrap,
+                       connector_name=args.connector or f"bench-{uuid.uuid4().hex[:8]}",
                        offset_storage_topic=args.offsets, errors_deadletterqueue_topic_name=args.dlq,
                        results_topic=args.results, reports_topic=args.reports_topic, patients_topic=args.patients,
                        **overrides)
@@ -75,8 +84,7 @@ def _worker(args: argparse.Namespace, settings: Any, task: Any) -> dict[str, Any
     latencies: list[float] = []
     sizes: list[int] = []
     results = 0
-
-    poll_s = [0.0]
+    spent = {"poll_s": 0.0, "write_s": 0.0, "wait_s": 0.0}
 
     class TimedWorker(SourceWorker):
         def _poll(self) -> Any:
@@ -84,32 +92,41 @@ def _worker(args: argparse.Namespace, settings: Any, task: Any) -> dict[str, Any
             try:
                 return super()._poll()
             finally:
-                poll_s[0] += time.perf_counter() - started
+                spent["poll_s"] += time.perf_counter() - started
 
         def _write(self, batch: Any, context: Any) -> None:
-            nonlocal results
             started = time.perf_counter()
             super()._write(batch, context)
-            latencies.append(time.perf_counter() - started)
-            sizes.append(len(batch))
-            results += sum(1 for r in batch if getattr(r, "topic", None) == settings.results_topic)
+            spent["write_s"] += time.perf_counter() - started
+
+        def _settle(self, context: Any, polled: Any = ()) -> None:
+            nonlocal results
+            commit = self._in_flight
+            started = time.perf_counter()
+            super()._settle(context, polled)
+            spent["wait_s"] += time.perf_counter() - started
+            if commit is not None:
+                latencies.append(commit.ended - commit.began)
+                sizes.append(len(commit.batch))
+                results += sum(1 for r in commit.batch if getattr(r, "topic", None) == settings.results_topic)
 
     control = Control()
     signal.signal(signal.SIGTERM, lambda *_: control.request_stop())
     worker = TimedWorker(CONNECTOR, settings, task, StatusReporter(settings.connector_name, 0, "source"), control)
-    clock = {"started": 0.0, "cpu": 0.0}
+    clock = {"started": 0.0, "cpu": 0.0, "wall": 0.0}
     original_start = task.start
 
     def start(context: Any) -> None:  # the clock starts after init_transactions and reading the offsets
         original_start(context)
-        clock["started"], clock["cpu"] = time.perf_counter(), time.process_time()
+        clock["started"], clock["cpu"], clock["wall"] = time.perf_counter(), time.process_time(), time.time()
 
     task.start = start
     worker.run()
     elapsed = time.perf_counter() - clock["started"]
     cpu_started = clock["cpu"]
     return {"results": results, "records": sum(sizes), "transactions": len(sizes), "elapsed_s": elapsed,
-            "cpu_s": time.process_time() - cpu_started, "poll_s": poll_s[0], "write_s": sum(latencies),
+            "t_start": clock["wall"], "t_end": time.time(),
+            "cpu_s": time.process_time() - cpu_started, **spent, "commit_s": sum(latencies),
             "p50_ms": _percentile(latencies, 0.5) * 1000,
             "p99_ms": _percentile(latencies, 0.99) * 1000, "sizes": sizes, "peak_rss_mb": _peak_rss_mb()}
 
@@ -136,7 +153,7 @@ def _fhir_task(settings: Any) -> Any:
 
 def child_fhir(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args, lis_mode="fhir", fhir_base_url=args.base_url, fhir_page_size=args.page_size,
-                         fhir_poll_interval_ms=0)
+                         fhir_poll_interval_ms=0, tasks_max=args.tasks_max, task_id=args.task_id)
     return _worker(args, settings, _fhir_task(settings))
 
 
@@ -265,7 +282,7 @@ def child_mllp_senders(args: argparse.Namespace) -> dict[str, Any]:
 def _spawn(mode: str, args: argparse.Namespace, **extra: Any) -> subprocess.Popen[str]:
     argv = [sys.executable, __file__, "--child", mode, "--bootstrap", args.bootstrap]
     for name in ("results", "reports_topic", "patients", "offsets", "dlq", "base_url", "page_size", "mllp_reports",
-                 "mllp_senders", "mllp_port"):
+                 "mllp_senders", "mllp_port", "connector", "task_id", "tasks_max"):
         value = extra.get(name, getattr(args, name))
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
@@ -329,6 +346,18 @@ def _stop(process: subprocess.Popen[str]) -> None:
     process.wait(30)
 
 
+def _rate(run: dict[str, Any]) -> float:
+    return float(run["results"] / run["elapsed_s"])
+
+
+def _two_rate(runs: list[dict[str, Any]]) -> float:
+    return float(sum(r["results"] for r in runs) / (max(r["t_end"] for r in runs) - min(r["t_start"] for r in runs)))
+
+
+def _bare_rate(run: dict[str, Any]) -> float:
+    return float(run["results"] / run["tx_s"])
+
+
 CHILDREN = {"simulator": child_simulator, "fhir": child_fhir, "fhir-bare": child_fhir_bare, "mllp": child_mllp,
             "mllp-bare": child_mllp_bare, "mllp-senders": child_mllp_senders}
 
@@ -344,6 +373,11 @@ def main() -> int:
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--mllp-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the FHIR modes (medians)")
+    parser.add_argument("--skip-mllp", action="store_true", help="FHIR modes only")
+    parser.add_argument("--connector", help=argparse.SUPPRESS)
+    parser.add_argument("--task-id", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--tasks-max", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -362,24 +396,41 @@ def main() -> int:
         broker = start_broker()
         args.bootstrap = broker.bootstrap_servers
     simulator = None
+    mllp = senders = mllp_bare = None
+    rounds: list[dict[str, Any]] = []
     try:
         _create_topics(args.bootstrap, args)
         simulator = _start_fhir_simulator(args)
-        fhir = _result(_spawn("fhir", args))
-        fhir_bare = _result(_spawn("fhir-bare", args))
+        for index in range(args.rounds):
+            runs: dict[str, Any] = {}
+            modes = ["bare", "one", "two"]
+            for mode in modes[index % 3:] + modes[:index % 3]:  # rotate: no mode always runs first
+                if mode == "one":
+                    runs["one"] = _result(_spawn("fhir", args, connector=f"bench-{uuid.uuid4().hex[:8]}"))
+                elif mode == "two":
+                    name = f"bench-{uuid.uuid4().hex[:8]}"
+                    tasks = [_spawn("fhir", args, connector=name, task_id=k, tasks_max=2) for k in (0, 1)]
+                    runs["two"] = [_result(task) for task in tasks]
+                else:
+                    runs["bare"] = _result(_spawn("fhir-bare", args))
+            rounds.append(runs)
+            print(f"round {index + 1}: " + "; ".join(f"{label} {rate:,.0f} results/s" for label, rate in (
+                ("bare transactional", _bare_rate(runs["bare"])), ("one task", _rate(runs["one"])),
+                ("two tasks", _two_rate(runs["two"])))), flush=True)
         _stop(simulator)
         simulator = None
 
-        from devstack.ports import free_port, wait_for_port
+        if not args.skip_mllp:
+            from devstack.ports import free_port, wait_for_port
 
-        args.mllp_port = free_port()
-        worker = _spawn("mllp", args)
-        wait_for_port(args.mllp_port, 60)
-        senders = _result(_spawn("mllp-senders", args))
-        worker.send_signal(signal.SIGTERM)
-        mllp = _result(worker, 60)
-        mean_batch = max(1, round(mllp["records"] / max(1, mllp["transactions"])))
-        mllp_bare = _result(_spawn("mllp-bare", args, batch_size=mean_batch))
+            args.mllp_port = free_port()
+            worker = _spawn("mllp", args)
+            wait_for_port(args.mllp_port, 60)
+            senders = _result(_spawn("mllp-senders", args))
+            worker.send_signal(signal.SIGTERM)
+            mllp = _result(worker, 60)
+            mean_batch = max(1, round(mllp["records"] / max(1, mllp["transactions"])))
+            mllp_bare = _result(_spawn("mllp-bare", args, batch_size=mean_batch))
     finally:
         if simulator is not None:
             _stop(simulator)
@@ -391,17 +442,34 @@ def main() -> int:
                 run["transactions"] if transactional else 0, run["p50_ms"] if transactional else None,
                 run["p99_ms"] if transactional else None, run["peak_rss_mb"])
 
+    def median_run(key: str, rate: Callable[[Any], float]) -> Any:
+        ordered = sorted((r[key] for r in rounds), key=rate)
+        return ordered[len(ordered) // 2]
+
+    fhir, fhir_bare = median_run("one", _rate), median_run("bare", _bare_rate)
+    two = median_run("two", _two_rate)
+    bare_plain = statistics.median(r["bare"]["results"] / r["bare"]["plain_s"] for r in rounds)
+    bare_tx, one_rate, two_rate = _bare_rate(fhir_bare), _rate(fhir), _two_rate(two)
+    two_row = {"results": sum(t["results"] for t in two), "records": sum(t["records"] for t in two),
+               "transactions": sum(t["transactions"] for t in two), "p50_ms": max(t["p50_ms"] for t in two),
+               "p99_ms": max(t["p99_ms"] for t in two), "peak_rss_mb": max(t["peak_rss_mb"] for t in two)}
     rows = [
         row("FHIR  source-lis (EOS)", fhir, fhir["elapsed_s"], True),
-        row("FHIR  bare producer", fhir_bare, fhir_bare["plain_s"], False),
+        row("FHIR  source-lis x2 tasks", two_row, two_row["results"] / two_rate, True),
+        row("FHIR  bare producer", fhir_bare, fhir_bare["results"] / bare_plain, False),
         row("FHIR  bare transactional", fhir_bare, fhir_bare["tx_s"], True),
-        row("MLLP  source-lis (EOS)", mllp, senders["elapsed_s"], True),
-        row("MLLP  bare producer", mllp_bare, mllp_bare["plain_s"], False),
-        row("MLLP  bare transactional", mllp_bare, mllp_bare["tx_s"], True),
     ]
-    print(f"\nbroker {args.bootstrap}; FHIR {args.reports} reports, _count {args.page_size}; MLLP "
-          f"{senders['messages']} messages over {args.mllp_senders} connections (ACKs {senders['acks']}); "
-          f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    if mllp is not None and senders is not None and mllp_bare is not None:
+        rows += [
+            row("MLLP  source-lis (EOS)", mllp, senders["elapsed_s"], True),
+            row("MLLP  bare producer", mllp_bare, mllp_bare["plain_s"], False),
+            row("MLLP  bare transactional", mllp_bare, mllp_bare["tx_s"], True),
+        ]
+    mllp_note = (f"; MLLP {senders['messages']} messages over {args.mllp_senders} connections "
+                 f"(ACKs {senders['acks']})") if senders is not None else ""
+    print(f"\nbroker {args.bootstrap}; FHIR {args.reports} reports, _count {args.page_size}, medians of "
+          f"{args.rounds} interleaved rounds{mllp_note}; load average (1 min) before {load_before:.2f}, "
+          f"after {os.getloadavg()[0]:.2f}")
     head = f"{'path':26} {'results':>8} {'records':>8} {'results/s':>10} {'records/s':>10} {'tx':>6} " \
            f"{'tx p50 ms':>9} {'tx p99 ms':>9} {'peak MB':>8}"
     print(head)
@@ -409,13 +477,22 @@ def main() -> int:
     for name, results, records, rps, recps, tx, p50, p99, rss in rows:
         lat = f"{p50:9.1f} {p99:9.1f}" if p50 is not None else f"{'-':>9} {'-':>9}"
         print(f"{name:26} {results:8d} {records:8d} {rps:10,.0f} {recps:10,.0f} {tx or '-':>6} {lat} {rss:8.0f}")
-    print(f"\nFHIR worker: {fhir['elapsed_s']:.1f}s wall = poll (HTTP + parse + map) {fhir['poll_s']:.1f}s + "
-          f"transactions (encode + produce + commit) {fhir['write_s']:.1f}s; CPU {fhir['cpu_s']:.1f}s.")
+    print(f"\nsource-lis FHIR, one task: {one_rate / bare_tx:.0%} of the bare transactional producer (goal >= 25%); "
+          f"two tasks: {two_rate / one_rate:.2f}x one task (goal >= 1.7x), {two_rate / bare_tx:.0%} of bare "
+          f"transactional. Per round: " + ", ".join(
+              f"{_rate(r['one']) / _bare_rate(r['bare']):.0%} / {_two_rate(r['two']) / _rate(r['one']):.2f}x"
+              for r in rounds))
+    print(f"FHIR worker (median round): {fhir['elapsed_s']:.1f}s wall; main thread: poll (HTTP + parse + map) "
+          f"{fhir['poll_s']:.1f}s, encode + produce {fhir['write_s']:.1f}s, blocked on a commit "
+          f"{fhir['wait_s']:.1f}s; commits took {fhir['commit_s']:.1f}s in all (on their thread, overlapping "
+          f"the next poll); CPU {fhir['cpu_s']:.1f}s.")
     print(f"Same records without Kafka (fhir-bare preparation): poll {fhir_bare['poll_s']:.1f}s, Avro encode "
           f"{fhir_bare['encode_s']:.1f}s.")
-    print(f"MLLP worker CPU {mllp['cpu_s']:.1f}s. Worker clocks start after init_transactions and the offset "
-          "read; the MLLP rate is results / sender wall time (all ACKed = all committed). Bare rows exclude "
-          "polling, mapping and encoding (done before their clock starts).")
+    if mllp is not None:
+        print(f"MLLP worker CPU {mllp['cpu_s']:.1f}s; the MLLP rate is results / sender wall time (all ACKed = "
+              "all committed).")
+    print("Worker clocks start after init_transactions and the offset read. Bare rows exclude polling, mapping "
+          "and encoding (done before their clock starts).")
     return 0
 
 
