@@ -3,6 +3,7 @@ probes and scrape path real endpoints of the status server, a KEDA ScaledObject 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import yaml
 
+import common.metrics  # noqa: F401 (registers the metrics the scrape must show)
 from common.connector import REGISTRY
 from common.control_api import serve_http
 from common.status import Control, StatusReporter, TaskState
@@ -20,8 +22,11 @@ K8S = Path(__file__).resolve().parents[3] / "deploy" / "k8s"
 pytestmark = pytest.mark.unit
 
 
+@functools.cache
 def _documents() -> list[dict[str, Any]]:
-    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.load_all(path.read_text(), Loader=loader)
+            if doc]
 
 
 def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
