@@ -64,12 +64,12 @@ def test_the_pipeline_and_the_operator_tools_work_through_the_secure_listener_al
     # A record no sink can decode: both report sinks dead-letter it through their DLQ producers.
     produce(runtime.bootstrap, pipeline.reports, [("pat-x", b"not an Avro record")])
 
-    wait_for(lambda: _warehouse_rows(s3_client, pipeline.bucket, runtime.tmp) >= results, 60,
+    wait_for(lambda: _warehouse_rows(s3_client, pipeline.bucket, runtime.tmp) >= results, 120,
              "every result in the warehouse", interval=1)
     wait_for(lambda: query(pipeline.ledger_url, "SELECT count(*) FROM notify_events")[:1] == [(len(versions),)],
-             60, "a notify decision per report in the TLS ledger")
+             120, "a notify decision per report in the TLS ledger")
     wait_for(lambda: bool(query(pipeline.billing_url, "SELECT count(*) FROM billing_ledger")[:1])
-             and query(pipeline.billing_url, "SELECT count(*) FROM billing_ledger")[0][0] > 0, 60,
+             and query(pipeline.billing_url, "SELECT count(*) FROM billing_ledger")[0][0] > 0, 120,
              "billing rows in the TLS database")
     wait_for(lambda: len(consume_all(runtime.bootstrap, runtime.dlq, timeout=3)) >= 2, 30, "two dead letters")
     for process in runtime.processes:

@@ -137,18 +137,18 @@ def test_no_patient_marker_reaches_anything_an_operator_sees(
     assert bad_config.returncode == 2 and "WAREHOUSE_TIMEZONE" in bad_config.stderr
 
     results = sum(len(v.results) for v in versions)
-    wait_for(lambda: len(consume_all(runtime.bootstrap, runtime.dlq, timeout=2)) >= 4, 60,
+    wait_for(lambda: len(consume_all(runtime.bootstrap, runtime.dlq, timeout=2)) >= 4, 120,
              "dead letters from source-lis, billing, notify and the warehouse")
     wait_for(lambda: query(pipeline.ledger_url, "SELECT count(*) FROM notify_events")[:1] == [(len(versions),)],
-             60, "a notify decision per report")
-    wait_for(lambda: any(m["to"] == markers.phone[0] for m in providers.messages("sms")), 60,
+             120, "a notify decision per report")
+    wait_for(lambda: any(m["to"] == markers.phone[0] for m in providers.messages("sms")), 120,
              "a message sent after the provider's 503s")
     wait_for(lambda: query(pipeline.ledger_url, "SELECT count(*) FROM notify_messages WHERE state = 'failed'")[:1]
-             == [(1,)], 60, "the message the provider refused with 400")
+             == [(1,)], 120, "the message the provider refused with 400")
     statuses = [json.loads(m.value()) for m in consume_all(runtime.bootstrap, runtime.status)]
     wait_for(lambda: any("retrying" in (t.get("trace") or "") for s in
                          [json.loads(m.value()) for m in consume_all(runtime.bootstrap, runtime.status)]
-                         for t in s["tasks"] if s["name"] == pipeline.names["warehouse-s3-down"]), 60,
+                         for t in s["tasks"] if s["name"] == pipeline.names["warehouse-s3-down"]), 120,
              "the unreachable S3 in the status")
     assert any("500" in (t.get("trace") or "") for s in statuses for t in s["tasks"]
                if s["name"] == pipeline.names["source-lis"]), "the LIS 500s were retried and shown"
