@@ -14,14 +14,19 @@ Starts a throwaway PostgreSQL (devstack.postgres) and, interleaved, ``--rounds``
   transaction per batch -- the ceiling of what any sink could write.
 
 Each run is its own process on a fresh database migrated by its own code. Every event
-is a first final (one charge row and one ledger row). Prints each run, then the medians
-of the rounds and the ratios new/old, old/bare and new/bare.
+is a first final (one charge row and one ledger row). Prints each run with where its
+time went -- CPU of the Python process (all its threads) and of the database server
+processes serving the run's connections, per event -- then the medians of the rounds
+and the ratios new/old, old/bare and new/bare (of the medians, and the median of the
+rounds' own ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +49,47 @@ def lab_report(i: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ one run, in its own process
+def _python_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cpu(url: str) -> float:
+    """CPU seconds of the server processes now connected to the run's database (its sessions live
+    as long as the run's pooled connections). Linux /proc; the server runs on this machine."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Measured:
+    """Wall and Python CPU of the timed part; server CPU of the run's sessions (started with the run)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> Measured:
+        self.wall, self.python = time.perf_counter(), _python_cpu()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall, self.python = time.perf_counter() - self.wall, _python_cpu() - self.python
+        self.server = _server_cpu(self.url)  # before the run's connections close
+
+    def result(self) -> dict[str, float]:
+        return {"seconds": self.wall, "python_cpu": self.python, "server_cpu": self.server}
+
+
 class _Runtime:
     """What the runtime offers a sink task here: it could rewind, but no run should need to."""
 
@@ -58,7 +104,7 @@ class _Runtime:
         raise RuntimeError(f"record {record.offset} rejected: {error}")
 
 
-def drive_task(url: str, events: int, batch: int) -> float:
+def drive_task(url: str, events: int, batch: int) -> dict[str, float]:
     from common.records import SinkRecord
     from connectors.sink_billing.schema import make_engine, upgrade
     from connectors.sink_billing.settings import BillingSettings
@@ -72,21 +118,20 @@ def drive_task(url: str, events: int, batch: int) -> float:
                                            billing_migrate_on_start=False))
     task.start(_Runtime())  # type: ignore[arg-type]
     pre_commit = getattr(task, "pre_commit", None)  # absent in commits before background writes
-    began = time.perf_counter()
-    for start in range(0, events, batch):
-        part = records[start:start + batch]
-        task.put(part)
-        task.flush({("lab-reports", 0): part[-1].offset + 1})
+    with Measured(url) as measured:
+        for start in range(0, events, batch):
+            part = records[start:start + batch]
+            task.put(part)
+            task.flush({("lab-reports", 0): part[-1].offset + 1})
+            if pre_commit is not None:
+                pre_commit({("lab-reports", 0): part[-1].offset + 1})
         if pre_commit is not None:
-            pre_commit({("lab-reports", 0): part[-1].offset + 1})
-    if pre_commit is not None:
-        pre_commit({}, wait=True)
-    elapsed = time.perf_counter() - began
+            pre_commit({}, wait=True)
     task.stop()
-    return elapsed
+    return measured.result()
 
 
-def drive_bare(url: str, events: int, batch: int) -> float:
+def drive_bare(url: str, events: int, batch: int) -> dict[str, float]:
     from datetime import datetime, timezone
     from decimal import Decimal
 
@@ -120,16 +165,16 @@ def drive_bare(url: str, events: int, batch: int) -> float:
         conn.execute("CREATE TABLE bare_charges (LIKE billing_charges)")
         conn.execute("CREATE TABLE bare_ledger (LIKE billing_ledger)")
         conn.commit()
-        began = time.perf_counter()
-        for start in range(0, events, batch):
-            with conn.transaction(), conn.cursor() as cursor:
-                for name, columns, types, rows in (("bare_charges", charge_columns, charge_types, charges),
-                                                   ("bare_ledger", ledger_columns, ledger_types, ledger)):
-                    with cursor.copy(f"COPY {name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(types)
-                        for row in rows[start:start + batch]:
-                            copy.write_row(row)
-        return time.perf_counter() - began
+        with Measured(url) as measured:
+            for start in range(0, events, batch):
+                with conn.transaction(), conn.cursor() as cursor:
+                    for name, columns, types, rows in (("bare_charges", charge_columns, charge_types, charges),
+                                                       ("bare_ledger", ledger_columns, ledger_types, ledger)):
+                        with cursor.copy(f"COPY {name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                            copy.set_types(types)
+                            for row in rows[start:start + batch]:
+                                copy.write_row(row)
+        return measured.result()
 
 
 # ------------------------------------------------------------------ the comparison
@@ -149,12 +194,12 @@ def old_tree(commit: str) -> Path:
     return folder
 
 
-def run(mode: str, tree: Path, url: str, args: argparse.Namespace) -> float:
-    """One run in a fresh process whose imports come from ``tree``; returns events/s."""
+def run(mode: str, tree: Path, url: str, args: argparse.Namespace) -> dict[str, float]:
+    """One run in a fresh process whose imports come from ``tree``."""
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--drive", mode, "--tree", str(tree),
                           "--url", url, "--events", str(args.events), "--batch", str(args.batch)],
                          check=True, capture_output=True, text=True, cwd=tree)
-    return args.events / float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    return {name: float(value) for name, value in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 def main() -> None:
@@ -171,7 +216,7 @@ def main() -> None:
     if args.drive:
         sys.path.insert(0, str(args.tree))
         drive = drive_task if args.drive == "task" else drive_bare
-        print(json.dumps({"seconds": drive(args.url, args.events, args.batch)}), flush=True)
+        print(json.dumps(drive(args.url, args.events, args.batch)), flush=True)
         return
 
     sys.path.insert(0, str(ROOT))
@@ -184,19 +229,26 @@ def main() -> None:
     try:
         for round_no in range(args.rounds):
             for name, mode, tree in (("old", "task", old), ("new", "task", ROOT), ("bare", "bare", ROOT)):
-                rate = run(mode, tree, fresh_database(server.url, f"bench_{name}_{round_no}"), args)
-                rates[name].append(rate)
-                print(f"round {round_no + 1}  {name:<4} {rate:>10,.0f} events/s", flush=True)
+                measured = run(mode, tree, fresh_database(server.url, f"bench_{name}_{round_no}"), args)
+                rates[name].append(args.events / measured["seconds"])
+                per_event = {k: v / args.events * 1e6 for k, v in measured.items()}
+                print(f"round {round_no + 1}  {name:<4} {rates[name][-1]:>10,.0f} events/s   per event: wall "
+                      f"{per_event['seconds']:6.1f} us, Python CPU {per_event['python_cpu']:6.1f} us, "
+                      f"server CPU {per_event['server_cpu']:6.1f} us", flush=True)
     finally:
         server.stop()
         if made:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
     median = {name: statistics.median(values) for name, values in rates.items()}
+    rounds = {pair: statistics.median(a / b for a, b in zip(rates[pair[0]], rates[pair[1]], strict=True))
+              for pair in (("new", "old"), ("old", "bare"), ("new", "bare"))}
     print(f"\nmedians of {args.rounds} interleaved rounds, {args.events} events in batches of {args.batch}:")
     print(f"  old ({args.old_commit})   {median['old']:>10,.0f} events/s")
-    print(f"  new                {median['new']:>10,.0f} events/s   new/old  {median['new'] / median['old']:.2f}x")
+    print(f"  new                {median['new']:>10,.0f} events/s   new/old  {median['new'] / median['old']:.2f}x"
+          f"   (median of the rounds' ratios {rounds[('new', 'old')]:.2f}x)")
     print(f"  bare COPY ceiling  {median['bare']:>10,.0f} events/s   old/bare {median['old'] / median['bare']:.0%}"
-          f"   new/bare {median['new'] / median['bare']:.0%}")
+          f"   new/bare {median['new'] / median['bare']:.0%}   (rounds: {rounds[('old', 'bare')]:.0%}, "
+          f"{rounds[('new', 'bare')]:.0%})")
 
 
 if __name__ == "__main__":
