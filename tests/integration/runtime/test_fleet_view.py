@@ -111,3 +111,22 @@ def _ends(bootstrap: str, topic: str) -> dict[int, int]:
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in (0, 1)}
     finally:
         consumer.close()
+
+
+def test_watch_redraws_the_view_until_ctrl_c(runtime: RuntimeEnv) -> None:
+    watch = subprocess.Popen([sys.executable, "-m", "common", "status", "--watch", "0.5", "--bootstrap",
+                              runtime.bootstrap, "--topic", runtime.status], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    frames = []
+    try:
+        assert watch.stdout is not None
+        for line in watch.stdout:
+            if "every 0.5s, Ctrl-C to stop" in line:
+                frames.append(line)
+            if len(frames) == 2:
+                break
+    finally:
+        watch.send_signal(signal.SIGINT)
+        code = watch.wait(30)
+    assert len(frames) == 2, "a second frame after the interval"
+    assert code == 0, watch.stderr.read() if watch.stderr else ""
