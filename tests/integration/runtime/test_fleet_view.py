@@ -3,7 +3,6 @@ lag, forgetting a connector that is gone."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from common.group_lag import group_lag
-from common.status_view import expand_status, live_instances, read_statuses
+from common.status_view import expand_status, live_instances, read_statuses, sink_lags
 from tests.integration.conftest import RuntimeEnv, count
 from tests.support.kafka_helpers import ROOT, produce, wait_for
 from tests.support.test_connectors import lab_result
@@ -28,10 +27,9 @@ def _labconnect(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _task_state(runtime: RuntimeEnv, name: str) -> str | None:
-    view = json.loads(_labconnect("status", "--json", "--bootstrap", runtime.bootstrap,
-                                  "--topic", runtime.status).stdout or "{}")
-    tasks = view.get(name, {}).get("status", {}).get("tasks", [])
-    return tasks[0]["state"] if tasks else None
+    """The state `labconnect status` shows (read in this process: a status command per poll is slow)."""
+    tasks = expand_status(read_statuses(runtime.bootstrap, runtime.status)).get(name, {}).get("status", {})
+    return tasks["tasks"][0]["state"] if tasks else None
 
 
 def test_a_sigkilled_instance_shows_lost_within_three_heartbeats_then_can_be_forgotten(
@@ -51,8 +49,7 @@ def test_a_sigkilled_instance_shows_lost_within_three_heartbeats_then_can_be_for
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     killed = time.monotonic()
-    just_killed = expand_status(read_statuses(runtime.bootstrap, runtime.status))[name]["status"]["tasks"][0]
-    assert just_killed["state"] == "RUNNING", "the last heartbeat is still fresh"
+    assert _task_state(runtime, name) == "RUNNING", "the last heartbeat is still fresh"
     produce(runtime.bootstrap, topic, [("p1", lab_result(n)) for n in range(10, 17)])
     wait_for(lambda: _task_state(runtime, name) == "LOST", 3 * HEARTBEAT_MS / 1000 + 10, "LOST")
     # LOST once three intervals pass without a heartbeat, and the last one came at most one interval before the kill.
@@ -63,8 +60,8 @@ def test_a_sigkilled_instance_shows_lost_within_three_heartbeats_then_can_be_for
     assert shown.returncode == 1, "a LOST task is unhealthy, like a FAILED one"
     line = next(line for line in shown.stdout.splitlines() if line.startswith(name))
     assert " LOST " in line and " 7 " in line, "7 records produced after the kill are the sink's lag"
-    lag = json.loads(_labconnect("status", "--json", "--bootstrap", runtime.bootstrap,
-                                 "--topic", runtime.status).stdout)[name]["status"]["lag"]
+    statuses = read_statuses(runtime.bootstrap, runtime.status)
+    lag = expand_status(statuses, lags=sink_lags(runtime.bootstrap, statuses))[name]["status"]["lag"]
     assert lag["group"] == f"connect-{name}" and lag["total"] == 7
 
     forgot = _labconnect("status", "--forget", name, "--bootstrap", runtime.bootstrap, "--topic", runtime.status)
