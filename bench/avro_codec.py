@@ -27,10 +27,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import fastavro  # noqa: E402
 
 from common.avro_codegen import compile_decoder, compile_encoder, reference_decoder, reference_encoder  # noqa: E402
+from report import add_json_argument, row, write_rows  # noqa: E402
 
 BASE_MS = 1_767_225_600_000  # 2026-01-01
 
@@ -122,7 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000, help="records per event type and run")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs; the median is printed")
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    add_json_argument(parser)
     args = parser.parse_args()
     results = measure(args.records, args.runs)
     print(f"python {sys.version.split()[0]}, fastavro {fastavro.__version__}; {args.records} records per event, "
@@ -133,8 +135,15 @@ def main() -> int:
         print(f"{name:<15}{r['bytes']:>6.0f}  {r['encode fastavro']:>16.2f}{r['encode generated']:>10.2f}"
               f"{r['encode speed-up']:>9.2f}x  {r['decode fastavro']:>16.2f}{r['decode generated']:>10.2f}"
               f"{r['decode speed-up']:>9.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    rows = []
+    for name, r in results.items():
+        for way in ("encode", "decode"):
+            reference = f"{name} {way}, fastavro"
+            rows.append(row(reference, 1e6 / r[f"{way} fastavro"], mb_per_s=r["bytes"] / r[f"{way} fastavro"],
+                            note="CPU time"))
+            rows.append(row(f"{name} {way}, generated", 1e6 / r[f"{way} generated"],
+                            mb_per_s=r["bytes"] / r[f"{way} generated"], ceiling=reference, note="CPU time"))
+    write_rows(args.json, rows, results=results)
     return 0
 
 

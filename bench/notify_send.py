@@ -54,6 +54,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report import add_json_argument, row, write_rows  # noqa: E402
 
 LAB_REPORT = "com.drdangslab.events.LabReport"
 PATIENT = "com.drdangslab.events.PatientContact"
@@ -333,6 +336,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one sink run may take")
     parser.add_argument("--mode", choices=["bare", "raw"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.mode:  # child process: one client run, one JSON line
         result = asyncio.run((_bare if args.mode == "bare" else _raw)(args.url, args.records, args.concurrency))
@@ -382,6 +386,16 @@ def main() -> int:
               f"sink / bare = {sink_median / bare_median:.0%} (goal >= 60%); raw / bare = {raw['per_s'] / bare_median:.1f}x")
         print("  notif/s: provider clock, first to last accepted; latency: raw/bare request->response, sink "
               "claim->sent (ledger, ms);\n  to N: client run / reports produced -> N-th message at the provider")
+        median_bare = min(bare, key=lambda r: abs(r["per_s"] - bare_median))
+        median_sink = min(sink, key=lambda r: abs(r["per_s"] - sink_median))
+        write_rows(args.json, [
+            row("raw HTTP streams", raw["per_s"], peak_rss_mb=raw["peak_rss_mb"], p50_ms=raw["latency_ms"][0],
+                p99_ms=raw["latency_ms"][2], latency="request->response"),
+            row("bare httpx", bare_median, peak_rss_mb=median_bare["peak_rss_mb"], ceiling="raw HTTP streams",
+                p50_ms=median_bare["latency_ms"][0], p99_ms=median_bare["latency_ms"][2], latency="request->response"),
+            row("sink-notify", sink_median, peak_rss_mb=median_sink["peak_rss_mb"], ceiling="bare httpx",
+                p50_ms=median_sink["latency_ms"][0], p99_ms=median_sink["latency_ms"][2], latency="claim->sent"),
+        ])
         if args.rate > 0:
             count = int(args.rate * 20)
             r = run_sink(args, providers, workdir, f"{run}-limited", count, rate=args.rate)

@@ -7,7 +7,7 @@ real broker ($KAFKA_BOOTSTRAP_SERVERS, or one started here), then consumes the w
 topic in a separate process per mode, so each mode's peak memory is its own:
 
 * ``bare``        confluent-kafka ``consume(1000)`` loop, nothing else
-* ``bare+decode`` the same loop plus fastavro decoding with a cached writer schema
+* ``bare+decode`` the same loop plus the serde's decode (generated codec, cached per writer schema)
 * ``runtime``     the SinkWorker with a no-op sink: decode, batching, flush, commit
 
 and a decode-only comparison of the stock ``AvroDeserializer`` with the runtime's
@@ -29,6 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report import add_json_argument, row, write_rows  # noqa: E402
 
 LAB_RESULT = "com.drdangslab.events.LabResult"
 
@@ -167,6 +170,7 @@ def main() -> int:
     parser.add_argument("--mode")
     parser.add_argument("--topic")
     parser.add_argument("--bootstrap")
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.mode:  # child process: one mode, one JSON line
         result = run_mode(args.mode, args.bootstrap, args.topic, args.records)
@@ -204,6 +208,15 @@ def main() -> int:
         decode = decode_comparison()
         print(f"decode only: stock AvroDeserializer {decode['stock_avro_deserializer_per_s']:,.0f}/s, "
               f"runtime decoder {decode['runtime_decoder_per_s']:,.0f}/s ({decode['speedup']:.1f}x)")
+        bare, decoded, run = results["bare"], results["bare+decode"], results["runtime"]
+        write_rows(args.json, [
+            row("bare consume", bare["records_per_s"], peak_rss_mb=bare["peak_rss_mb"]),
+            row("bare consume + decode", decoded["records_per_s"], peak_rss_mb=decoded["peak_rss_mb"],
+                ceiling="bare consume"),
+            row("sink runtime, no-op task", run["records_per_s"], peak_rss_mb=run["peak_rss_mb"],
+                ceiling="bare consume + decode", p50_ms=run["flush_commit_ms_p50"],
+                p99_ms=run["flush_commit_ms_p99"], latency="flush+commit"),
+        ], decode_only=decode)
     finally:
         if broker is not None:
             broker.stop()

@@ -10,8 +10,10 @@ process (so peak memory is the mode's own) over the same topic:
 * billing: the sink (runtime + BillingSinkTask) with the ``copy`` and the ``multirow``
   write path into a local PostgreSQL, and a bare one-INSERT-per-row loop of the same rows;
 * warehouse: the sink (runtime + WarehouseSinkTask, Parquet zstd) into moto's S3 server;
-* both: the bare confluent-kafka consume + fastavro decode loop of the same topic;
-* warehouse: also the bare consume loop with the bulk (DuckDB) decoder the sink uses.
+* both: the bare confluent-kafka consume + decode loop of the same topic (the serde's
+  decode, as the runtime calls it);
+* warehouse: also the bare consume loop with the bulk (DuckDB) decoder the sink uses, and
+  the objects the sink wrote put again with plain boto3 calls (the upload alone).
 
 Reports records/s, MB/s of consumed values, p50/p99 of one flush+commit, peak RSS.
 """
@@ -33,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from report import add_json_argument, row, write_rows  # noqa: E402
 
 CODES = ["2345-7", "718-7", "58410-2", "4548-4", "2093-3", "3016-3"]
 JAN_2026 = 1_767_225_600_000
@@ -165,6 +169,26 @@ def bare_bulk_decode(bootstrap: str, topic: str, count: int, batch: int) -> dict
         decoder.close()
 
 
+def bare_s3_put(endpoint: str, bucket: str, prefix: str, records: int) -> dict[str, Any]:
+    """The upload alone: the objects the sink wrote (read back untimed), put again with plain
+    boto3 ``put_object`` calls one after another. Records/s counts the records they hold."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+    bodies = [s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys]
+    if not bodies:
+        raise SystemExit("bare-s3-put: the sink wrote no object to put again")
+    started = time.perf_counter()
+    for n, body in enumerate(bodies):
+        s3.put_object(Bucket=bucket, Key=f"bare-put/{n}", Body=body)
+    elapsed = time.perf_counter() - started
+    size = sum(len(body) for body in bodies)
+    return {"records": records, "records_per_s": records / elapsed, "mb_per_s": size / elapsed / 1e6,
+            "objects": len(bodies)}
+
+
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     base = {"TOPICS": args.topic, "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
             "CONNECTOR_NAME": f"bench-{uuid.uuid4().hex[:8]}", "FLUSH_MAX_RECORDS": str(args.batch),
@@ -192,6 +216,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         return {"records": count, "records_per_s": count / elapsed, "flush_ms_p50": commits[len(commits) // 2] * 1000,
                 "flush_ms_p99": commits[int(len(commits) * .99)] * 1000}
+    if mode == "bare-s3-put":
+        return bare_s3_put(args.s3, args.bucket, "lab/", args.records)
     if mode == "warehouse":
         from connectors.sink_warehouse.connector import CONNECTOR
 
@@ -200,9 +226,22 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     raise SystemExit(f"unknown mode {mode}")
 
 
+# What each mode is compared with in bench/run's table (a bare client of the same run).
+CEILINGS = {"billing-copy": "bare-decode", "billing-multirow": "bare-decode", "bare-decode": None,
+            "bare-insert": None, "warehouse": "bare-bulk-decode", "bare-bulk-decode": None, "bare-s3-put": None}
+
+
+def _row(mode: str, r: dict[str, Any], sink: str) -> dict[str, Any]:
+    flush = "flush+commit" if "flush_ms_p50" in r and not mode.startswith("bare") else None
+    return row(mode, r["records_per_s"], mb_per_s=r.get("mb_per_s"), peak_rss_mb=r.get("peak_rss_mb"),
+               ceiling=CEILINGS.get(mode), p50_ms=r.get("flush_ms_p50") if flush else None,
+               p99_ms=r.get("flush_ms_p99") if flush else None, latency=flush)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sink", choices=["billing", "warehouse"])
+    add_json_argument(parser)
     parser.add_argument("--records", type=int)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--mode")
@@ -251,7 +290,7 @@ def main() -> int:
             boto3.client("s3", endpoint_url=services[-1].endpoint_url, region_name="us-east-1",
                          aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
             extra += ["--bucket", bucket, "--s3", services[-1].endpoint_url]
-            modes = ["bare-decode", "bare-bulk-decode", "warehouse"]
+            modes = ["bare-decode", "bare-bulk-decode", "warehouse", "bare-s3-put"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}
         results = {}
         print(f"{'mode':<18} {'records/s':>10} {'MB/s':>7} {'flush p50':>10} {'flush p99':>10} {'peak RSS':>9}")
@@ -270,6 +309,7 @@ def main() -> int:
             for mode, r in results.items():
                 if bare in results and not mode.startswith("bare"):
                     print(f"{mode} / {bare} = {r['records_per_s'] / results[bare]['records_per_s']:.0%}")
+        write_rows(args.json, [_row(mode, r, args.sink) for mode, r in results.items()])
     finally:
         for service in reversed(services):
             service.stop()

@@ -44,6 +44,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report import add_json_argument, write_rows  # noqa: E402
+from report import row as report_row  # noqa: E402
 
 PRODUCER_SETTINGS = {"enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 5,
                      "compression.type": "lz4"}  # as common.source_worker.SourceWorker
@@ -380,6 +384,7 @@ def main() -> int:
     parser.add_argument("--connector", help=argparse.SUPPRESS)
     parser.add_argument("--task-id", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--tasks-max", type=int, default=1, help=argparse.SUPPRESS)
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -499,6 +504,15 @@ def main() -> int:
               "all committed).")
     print("Worker clocks start after init_transactions and the offset read. Bare rows exclude polling, mapping "
           "and encoding (done before their clock starts).")
+    ceilings = {"FHIR  source-lis (EOS)": "FHIR  bare transactional",
+                "FHIR  source-lis x2 tasks": "FHIR  bare transactional",
+                "MLLP  source-lis (EOS)": "MLLP  bare transactional",
+                "FHIR  bare transactional": "FHIR  bare producer", "MLLP  bare transactional": "MLLP  bare producer"}
+    write_rows(args.json, [
+        report_row(" ".join(name.split()), recps, peak_rss_mb=rss, p50_ms=p50, p99_ms=p99,
+                   ceiling=" ".join(ceilings[name].split()) if name in ceilings else None,
+                   latency="transaction" if p50 is not None else None, note=f"{rps:,.0f} results/s")
+        for name, results, records, rps, recps, tx, p50, p99, rss in rows])
     return 0
 
 
