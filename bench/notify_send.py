@@ -392,7 +392,8 @@ def main() -> int:
             row("raw HTTP streams", raw["per_s"], peak_rss_mb=raw["peak_rss_mb"], p50_ms=raw["latency_ms"][0],
                 p99_ms=raw["latency_ms"][2], latency="request->response"),
             row("bare httpx", bare_median, peak_rss_mb=median_bare["peak_rss_mb"], ceiling="raw HTTP streams",
-                p50_ms=median_bare["latency_ms"][0], p99_ms=median_bare["latency_ms"][2], latency="request->response"),
+                p50_ms=median_bare["latency_ms"][0], p99_ms=median_bare["latency_ms"][2],
+                latency="request->response"),
             row("sink-notify", sink_median, peak_rss_mb=median_sink["peak_rss_mb"], ceiling="bare httpx",
                 p50_ms=median_sink["latency_ms"][0], p99_ms=median_sink["latency_ms"][2], latency="claim->sent"),
         ])

@@ -68,9 +68,11 @@ def release_times(day: Any) -> tuple[dict[str, int], dict[tuple[str, str], int]]
     for source, versions in ((FHIR_SOURCE, day.fhir), (HL7_SOURCE, day.hl7)):
         for v in versions:
             for i, res in enumerate(v.results):
-                event = (result_event_id(source, v.accession, res.code, f"{v.id}-{i}", str(v.version))
-                         if source == FHIR_SOURCE else
-                         result_event_id(source, v.accession, res.code, "", f"{OBX_STATUS[res.status]}@{ts(v.updated_ms)}"))
+                if source == FHIR_SOURCE:
+                    event = result_event_id(source, v.accession, res.code, f"{v.id}-{i}", str(v.version))
+                else:  # as the drill's expected HL7 ids: OBX status @ message time
+                    event = result_event_id(source, v.accession, res.code, "",
+                                            f"{OBX_STATUS[res.status]}@{ts(v.updated_ms)}")
                 results.setdefault(event, v.updated_ms)
             if v.status in FINAL_LIKE:
                 finals[(source, v.accession)] = min(finals.get((source, v.accession), v.updated_ms), v.updated_ms)
