@@ -60,7 +60,7 @@ BENCHES = [
     Bench("runtime", ["bench/runtime_overhead.py", "--records", "300000"],
           ["bench/runtime_overhead.py", "--records", "60000"], 1200),
     Bench("source", ["bench/source_lis_kafka.py"],
-          ["bench/source_lis_kafka.py", "--reports", "4000", "--mllp-reports", "500"], 1800),
+          ["bench/source_lis_kafka.py", "--reports", "4000", "--mllp-reports", "500", "--rounds", "1"], 2400),
     Bench("billing", ["bench/sinks_from_kafka.py", "billing", "--records", "100000"],
           ["bench/sinks_from_kafka.py", "billing", "--records", "20000"], 1800),
     Bench("billing-copy", ["bench/billing_copy_path.py", "--rounds", "3"],
