@@ -9,8 +9,10 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from devstack.quiet_http import QuietThreadingHTTPServer
 
 _SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
               b"<Message>Please reduce your request rate.</Message></Error>")
@@ -24,7 +26,7 @@ class FaultProxy:
         self.failed = 0
         self.forwarded = 0
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = QuietThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -74,12 +76,6 @@ class FaultProxy:
                 pass
 
             def _relay(self) -> None:
-                try:
-                    self._forward()
-                except ConnectionError:
-                    self.close_connection = True  # the client went away mid-request (a killed process)
-
-            def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if proxy._should_fail():

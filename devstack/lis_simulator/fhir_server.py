@@ -17,11 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from devstack.lis_simulator.dataset import SimPatient, SimReport
+from devstack.quiet_http import QuietThreadingHTTPServer
 
 LOINC = "http://loinc.org"
 EXT = "https://drdangslab.com/fhir/StructureDefinition/"
@@ -146,7 +147,7 @@ class FhirSimulator:
         self._cache: dict[tuple[str, int], bytes] = {}
         self._pages: dict[str, list[str]] = {}
         self._searched_at: dict[str, int] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._server: QuietThreadingHTTPServer | None = None
         self.base_url = ""
 
     # -- data ------------------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class FhirSimulator:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer((self.host, port), Handler)
+        self._server = QuietThreadingHTTPServer((self.host, port), Handler)
         self._server.daemon_threads = True
         self.base_url = f"http://{self.host}:{self._server.server_address[1]}/fhir"
         threading.Thread(target=self._server.serve_forever, name="fhir-simulator", daemon=True).start()
