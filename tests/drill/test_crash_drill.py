@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_short_drill_loses_and_duplicates_nothing_across_kills_and_outages(tmp_path: Path) -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "devstack.drill", "--duration", "60s", "--settle", "60", "--work", str(tmp_path / "drill")],
+        [sys.executable, "-m", "devstack.drill", "--duration", "60s", "--settle", "90", "--work", str(tmp_path / "drill")],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400)
     print(result.stdout, result.stderr[-3000:], sep="\n")
     assert result.returncode == 0, "the drill found a loss or a duplicate (table above)"
