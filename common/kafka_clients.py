@@ -82,8 +82,10 @@ def _refused(error: Any) -> bool:
     if code in (KafkaError._AUTHENTICATION, KafkaError._SSL):
         return True
     # A broker that rejects the client's certificate ends the handshake with a TLS alert, which
-    # librdkafka reports as a transport failure.
-    return code == KafkaError._TRANSPORT and "SSL routines" in error.str()
+    # librdkafka reports as a transport failure; other TLS transport errors (a broker going away
+    # mid-handshake: "unexpected eof") are outages.
+    text = error.str()
+    return code == KafkaError._TRANSPORT and "SSL routines" in text and "alert" in text
 
 
 def _refusal(config: dict[str, Any], error: Any) -> KafkaAccessRefused:

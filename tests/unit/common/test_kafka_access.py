@@ -19,6 +19,8 @@ def test_authentication_and_tls_failures_are_refusals_and_outages_are_not() -> N
     assert not _refused(KafkaError(KafkaError._TRANSPORT, "b:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: "
                                                           "Connection refused"))
     assert not _refused(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    assert not _refused(KafkaError(KafkaError._TRANSPORT, "ssl://b:9093/bootstrap: SSL transport error: "
+                                                          "error:0A000126:SSL routines::unexpected eof while reading"))
 
 
 def test_a_refusal_names_the_cause_and_the_security_settings_never_their_values() -> None:
