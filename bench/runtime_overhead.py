@@ -123,7 +123,8 @@ def _run_runtime(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     spec = ConnectorSpec("bench-noop", "sink", SinkSettings, lambda s: NoOpSink())
     settings = load_settings(SinkSettings, {"TOPICS": topic, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                                             "CONNECTOR_NAME": f"bench-{uuid.uuid4().hex[:8]}",
-                                            "FLUSH_MAX_RECORDS": "10000", "CONSUME_BATCH_SIZE": "1000"})
+                                            "FLUSH_MAX_RECORDS": "10000", "CONSUME_BATCH_SIZE": "1000",
+                                            "AVRO_CODEC": os.environ.get("AVRO_CODEC", "generated")})
     worker = SinkWorker(spec, settings, NoOpSink(), StatusReporter("bench", 0, "sink"), control)
     original = worker._flush_and_commit
 
