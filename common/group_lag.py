@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 _NO_OFFSET = 0  # librdkafka's offsets below this (OFFSET_INVALID -1001, ...) mean "none committed"
@@ -37,21 +37,22 @@ def _result(future: Future[Any], timeout: float) -> Any:
     return future.result(timeout=timeout)
 
 
-def group_lag(admin: AdminClient, group: str, timeout: float = 10.0) -> GroupLag:
+def group_lag(admin: AdminClient, group: str, client: dict[str, Any], timeout: float = 10.0) -> GroupLag:
     """Lag of one consumer group over every partition of the topics it committed to or is
     assigned. A partition it never committed counts from its earliest offset (sinks start
-    there: ``auto.offset.reset=earliest``)."""
+    there: ``auto.offset.reset=earliest``). ``client`` is the Kafka client configuration
+    (bootstrap servers, security) the committed offsets are read with."""
     try:
-        committed_result = _result(admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)], request_timeout=timeout)[group], timeout)
-        committed = {(tp.topic, tp.partition): tp.offset for tp in committed_result.topic_partitions or []}
+        metadata = admin.list_topics(timeout=timeout).topics
+        every = [(topic, p) for topic, found in sorted(metadata.items()) if not topic.startswith("__")
+                 for p in sorted(found.partitions)]
+        committed = _committed(client, group, every, timeout)
         topics = {topic for topic, _ in committed} | _assigned_topics(admin, group, timeout)
         if not topics:
             return GroupLag(group)
-        metadata = admin.list_topics(timeout=timeout).topics
-        partitions = [(topic, p) for topic in sorted(topics) if topic in metadata for p in metadata[topic].partitions]
+        partitions = [(topic, p) for topic, p in every if topic in topics]
         ends = _offsets(admin, partitions, OffsetSpec.latest(), timeout)
-        uncommitted = [tp for tp in partitions if committed.get(tp, -1) < _NO_OFFSET]
+        uncommitted = [tp for tp in partitions if tp not in committed]
         starts = _offsets(admin, uncommitted, OffsetSpec.earliest(), timeout) if uncommitted else {}
     except (KafkaException, TimeoutError) as exc:
         error = exc.args[0] if exc.args else exc
@@ -61,6 +62,21 @@ def group_lag(admin: AdminClient, group: str, timeout: float = 10.0) -> GroupLag
         position = committed[tp] if tp not in starts else starts[tp]
         lag[tp] = max(0, ends[tp] - position)
     return GroupLag(group, lag)
+
+
+def _committed(client: dict[str, Any], group: str, partitions: list[tuple[str, int]],
+               timeout: float) -> dict[tuple[str, int], int]:
+    """The group's committed offsets, read without joining it: one OffsetFetch through a
+    consumer. (AdminClient.list_consumer_group_offsets crashes the process while a new
+    cluster's group coordinator is still loading: librdkafka#5040.)"""
+    if not partitions:
+        return {}
+    reader = Consumer({**client, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = reader.committed([TopicPartition(topic, p) for topic, p in partitions], timeout=timeout)
+    finally:
+        reader.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= _NO_OFFSET}
 
 
 def _assigned_topics(admin: AdminClient, group: str, timeout: float) -> set[str]:

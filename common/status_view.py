@@ -173,8 +173,9 @@ def sink_lags(bootstrap: str | None, statuses: dict[str, dict[str, Any]]) -> dic
     sinks = sorted({value["name"] for value in statuses.values() if value.get("type") == "sink"})
     if not sinks:
         return {}
-    admin = AdminClient({**client_properties(bootstrap), "logger": TOOL_LOG})
-    return {name: group_lag(admin, f"connect-{name}") for name in sinks}
+    client = {**client_properties(bootstrap), "logger": TOOL_LOG}
+    admin = AdminClient(client)
+    return {name: group_lag(admin, f"connect-{name}", client) for name in sinks}
 
 
 def _when(ms: int | None) -> str:

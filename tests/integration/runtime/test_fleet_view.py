@@ -93,13 +93,14 @@ def test_group_lag_counts_from_the_committed_offset_or_the_start(runtime: Runtim
     consumer = Consumer({"bootstrap.servers": runtime.bootstrap, "group.id": group})
     consumer.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)  # partition 1: never committed
     consumer.close()
-    admin = AdminClient({"bootstrap.servers": runtime.bootstrap})
+    client = {"bootstrap.servers": runtime.bootstrap}
+    admin = AdminClient(client)
     ends = _ends(runtime.bootstrap, topic)
-    lag = group_lag(admin, group)
+    lag = group_lag(admin, group, client)
     assert lag.error is None
     assert lag.partitions == {(topic, 0): ends[0] - 3, (topic, 1): ends[1]}
     assert lag.total == 20 - 3
-    assert group_lag(admin, f"connect-nothing-{topic}").total == 0
+    assert group_lag(admin, f"connect-nothing-{topic}", client).total == 0
 
 
 def _ends(bootstrap: str, topic: str) -> dict[int, int]:
