@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -251,18 +252,27 @@ def _show(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from common.errors import ConnectorError
 
+    # Ctrl-C (or SIGTERM) ends the watch between frames: raised inside a Kafka client call or
+    # one of its callbacks, KeyboardInterrupt could leave the client unable to close.
+    stopped: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda number, _frame: stopped.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
     try:
-        while True:
+        while not stopped:
             try:
                 statuses = read_statuses(args.bootstrap, args.topic)
                 frame = render_table(statuses, sink_lags(args.bootstrap, statuses), _now_ms())
             except ConnectorError as error:  # the broker went away: say so and keep watching
                 frame = f"labconnect: {error}"
             print(f"{clear}{time.strftime('%H:%M:%S')}  every {args.watch:g}s, Ctrl-C to stop\n{frame}\n", flush=True)
-            time.sleep(args.watch)
-    except KeyboardInterrupt:
-        return 0
+            next_frame = time.monotonic() + args.watch
+            while not stopped and time.monotonic() < next_frame:
+                time.sleep(min(0.1, args.watch))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 def _seconds(text: str) -> float:
