@@ -85,6 +85,20 @@ def _env(topic: str, url: str, name: str, **extra: Any) -> dict[str, Any]:
     return {"TOPICS": topic, "CONNECTOR_NAME": name, "BILLING_DATABASE_URL": url, "FLUSH_IDLE_MS": 500, **extra}
 
 
+def _restart_and_check_exactly_once(runtime: RuntimeEnv, topic: str, database_url: str, name: str,
+                                    reports: int) -> None:
+    """After a kill mid-stream: some but not all charges written; a restarted task completes
+    them, each exactly once."""
+    charges_before, _, _ = _totals(database_url)
+    assert 0 < charges_before < reports
+
+    runtime.start_real("sink-billing", "second", **_env(topic, database_url, name, FLUSH_MAX_RECORDS=250))
+    wait_for(lambda: _totals(database_url)[:2] == expected(reports), 90, "every charge and reversal")
+    time.sleep(1.5)
+    charges, reversals, exactly_once = _totals(database_url)
+    assert (charges, reversals) == expected(reports) and exactly_once
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_sigkill_between_a_commit_and_the_next_flush_with_a_warm_state_cache_bills_exactly_once(
         runtime: RuntimeEnv, make_topic: Callable[..., str], database_url: str) -> None:
@@ -97,14 +111,7 @@ def test_sigkill_between_a_commit_and_the_next_flush_with_a_warm_state_cache_bil
     crashing = runtime.start_real("sink-billing", "first", CRASH_BEFORE_FLUSH=4,
                                   **_env(topic, database_url, name, FLUSH_MAX_RECORDS=100))
     assert crashing.wait(90) == -signal.SIGKILL  # exit 3: the cache was cold at the kill
-    charges_before, _, _ = _totals(database_url)
-    assert 0 < charges_before < reports
-
-    runtime.start_real("sink-billing", "second", **_env(topic, database_url, name, FLUSH_MAX_RECORDS=250))
-    wait_for(lambda: _totals(database_url)[:2] == expected(reports), 90, "every charge and reversal")
-    time.sleep(1.5)
-    charges, reversals, exactly_once = _totals(database_url)
-    assert (charges, reversals) == expected(reports) and exactly_once
+    _restart_and_check_exactly_once(runtime, topic, database_url, name, reports)
 
 
 @pytest.mark.parametrize("crash_point", ["CRASH_AFTER_FLUSHES", "CRASH_BEFORE_DB_COMMIT"])
@@ -118,14 +125,7 @@ def test_sigkill_around_the_database_commit_leaves_every_charge_exactly_once(
     crashing = runtime.start_real("sink-billing", "first", **{crash_point: 2 if crash_point.endswith("FLUSHES") else 3},
                                   **_env(topic, database_url, name, FLUSH_MAX_RECORDS=300))
     assert crashing.wait(90) == -signal.SIGKILL
-    charges_before, _, _ = _totals(database_url)
-    assert 0 < charges_before < reports
-
-    runtime.start_real("sink-billing", "second", **_env(topic, database_url, name, FLUSH_MAX_RECORDS=250))
-    wait_for(lambda: _totals(database_url)[:2] == expected(reports), 90, "every charge and reversal")
-    time.sleep(1.5)
-    charges, reversals, exactly_once = _totals(database_url)
-    assert (charges, reversals) == expected(reports) and exactly_once
+    _restart_and_check_exactly_once(runtime, topic, database_url, name, reports)
 
 
 def test_replay_of_the_whole_topic_changes_no_row(
