@@ -25,17 +25,19 @@ from common.avro_codegen.source import Function, Module
 
 RUNTIME_NAMES = {name: getattr(runtime, name) for name in (
     "Unusual", "ONE_BYTE_LONG", "ONE_BYTE_LENGTH", "BOOLEAN_OF_BYTE", "read_long", "read_length",
-    "read_block_count", "unpack_float", "unpack_double", "EPOCH_UTC", "timedelta")}
+    "read_block_count", "unpack_float", "unpack_double", "EPOCH_UTC", "timedelta", "MILLIS_SPAN", "MILLIS_LOW",
+    "millis_span")}
 RUNTIME_NAMES["deepcopy"] = copy.deepcopy
 
 # Each Avro type's smallest encoding is a byte or more, except these: a block count above
 # the bytes left is corrupt only for items of a type not in here.
 ZERO_WIDTH = frozenset({"null", "record"})
 
-# Logical types converted inline: the expressions fastavro's readers evaluate, spelled with
-# positional arguments (a third faster). tests/unit/common/test_avro_codegen.py holds them equal.
+# Logical types converted inline: the values fastavro's readers give, computed faster (the
+# cached span of timestamp-millis, positional arguments). tests/unit/common/test_avro_codegen.py
+# holds them equal.
 INLINE_LOGICAL = {
-    "long-timestamp-millis": "EPOCH_UTC + timedelta(0, 0, 0, {x})",
+    "long-timestamp-millis": "(MILLIS_SPAN.get({x} >> 14) or millis_span({x} >> 14)) + MILLIS_LOW[{x} & 0x3FFF]",
     "long-timestamp-micros": "EPOCH_UTC + timedelta(0, 0, {x})",
 }
 

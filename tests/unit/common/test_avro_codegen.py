@@ -31,7 +31,8 @@ from common.avro_codegen import (
 )
 from common.avro_codegen.decoder import INLINE_LOGICAL, DecoderGenerator
 from common.avro_codegen.encoder import EncoderGenerator
-from common.avro_codegen.runtime import EPOCH_UTC, int_bytes, long_bytes, read_long, timedelta
+from common.avro_codegen.decoder import RUNTIME_NAMES
+from common.avro_codegen.runtime import int_bytes, long_bytes, read_long
 from common.avro_codegen.union_choice import CONVERTED_BY, FAST_TYPES
 from tests.support.avro_values import (
     KITCHEN_SINK,
@@ -330,7 +331,7 @@ def test_an_int_beyond_32_bits_in_a_record_in_a_union_is_fastavros_to_refuse() -
 def test_inline_timestamp_conversions_equal_fastavros_readers(number: int) -> None:
     for key, expression in INLINE_LOGICAL.items():
         code = compile(expression.format(x="value"), key, "eval")
-        names = {"EPOCH_UTC": EPOCH_UTC, "timedelta": timedelta}
+        names = dict(RUNTIME_NAMES)
         assert outcome(eval, code, names, {"value": number}) == outcome(LOGICAL_READERS[key], number, {}, None)
 
 
@@ -367,3 +368,17 @@ def test_a_logical_conversion_passes_other_types_through_unchanged(key: str) -> 
     for pytype, sample in samples.items():
         if pytype not in CONVERTED_BY[key]:
             assert LOGICAL_WRITERS[key](sample, schema) is sample, pytype
+
+
+@given(st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-(1 << 42), 1 << 42)),
+       st.binary(max_size=4))
+def test_varints_read_the_same_at_the_end_of_the_buffer_and_before_any_bytes(number: int, after: bytes) -> None:
+    # The six-byte path reads three 16-bit words: it must neither need nor misread what follows.
+    encoded = long_bytes(number)
+    assert read_long(encoded + after, 0) == (number, len(encoded))
+    assert read_long(b"\x00" + encoded + after, 1) == (number, len(encoded) + 1)
+
+
+def test_a_six_byte_varint_in_a_non_shortest_form_reads_as_fastavro_reads_it() -> None:
+    for encoded in (b"\x81\x80\x80\x80\x80\x00", b"\x80\x80\x80\x80\x80\x00", b"\xff\xff\xff\xff\xff\x7f"):
+        assert read_long(encoded, 0) == (reference_decoder("long", None)(encoded, 0), 6)
