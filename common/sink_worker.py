@@ -36,6 +36,7 @@ from common.config import SinkSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import ConnectorError, TaskFailed, is_retriable, safe_message
+from common.heap import freeze_startup_heap
 from common.kafka_clients import with_log
 from common.metrics import ConsumeMeter, ConsumerLag, TaskMetrics, with_stats_listener
 from common.records import SinkRecord
@@ -164,6 +165,7 @@ class SinkWorker:
     # ----------------------------------------------------------------- main loop
     def run(self) -> None:
         self.task.start(SinkContext(self.name, self.settings.task_id, self.serde, self._report, self._request_rewind))
+        freeze_startup_heap()
         self.consumer.subscribe(self.settings.topic_list, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.status.set(TaskState.RUNNING)

@@ -32,6 +32,7 @@ from common.config import SourceSettings
 from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import RetriableError, TaskFailed, is_retriable, safe_message
+from common.heap import freeze_startup_heap
 from common.kafka_clients import with_log
 from common.metrics import PublishMeter, TaskMetrics
 from common.records import DeadLetter, SourceRecord
@@ -206,6 +207,7 @@ class SourceWorker:
             return
         context = SourceContext(self.name, self.settings.task_id, offsets)
         self.task.start(context)
+        freeze_startup_heap()
         self.status.set(TaskState.RUNNING)
         try:
             while not self.control.task_should_end():

@@ -22,22 +22,24 @@ from common.avro_codegen.encoder import _comment
 from common.avro_codegen.resolution import first_match, matches
 from common.avro_codegen.schemas import NamedTypes, Unsupported, describe, kind_of, logical_key
 from common.avro_codegen.source import Function, Module
+from common.millis import SPAN_BITS, SPAN_MASK
 
 RUNTIME_NAMES = {name: getattr(runtime, name) for name in (
     "Unusual", "ONE_BYTE_LONG", "ONE_BYTE_LENGTH", "BOOLEAN_OF_BYTE", "read_long", "read_length",
-    "read_block_count", "unpack_float", "unpack_double", "EPOCH_UTC", "timedelta", "MILLIS_SPAN", "MILLIS_LOW",
-    "millis_span")}
+    "read_block_count", "unpack_float", "unpack_double", "EPOCH_UTC", "timedelta", "SPAN_START", "MILLIS_IN_SPAN",
+    "span_start")}
 RUNTIME_NAMES["deepcopy"] = copy.deepcopy
 
 # Each Avro type's smallest encoding is a byte or more, except these: a block count above
 # the bytes left is corrupt only for items of a type not in here.
 ZERO_WIDTH = frozenset({"null", "record"})
 
-# Logical types converted inline: the values fastavro's readers give, computed faster (the
-# cached span of timestamp-millis, positional arguments). tests/unit/common/test_avro_codegen.py
+# Logical types converted inline: the values fastavro's readers give, computed faster
+# (timestamp-millis: common.millis.utc_from_millis inlined; positional arguments). tests/unit/common/test_avro_codegen.py
 # holds them equal.
 INLINE_LOGICAL = {
-    "long-timestamp-millis": "(MILLIS_SPAN.get({x} >> 14) or millis_span({x} >> 14)) + MILLIS_LOW[{x} & 0x3FFF]",
+    "long-timestamp-millis": f"(SPAN_START.get({{x}} >> {SPAN_BITS}) or span_start({{x}} >> {SPAN_BITS}))"
+                             f" + MILLIS_IN_SPAN[{{x}} & {SPAN_MASK}]",
     "long-timestamp-micros": "EPOCH_UTC + timedelta(0, 0, {x})",
 }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import struct
 
+from common.millis import EPOCH_UTC, MILLIS_IN_SPAN, SPAN_START, span_start
+
 
 class Unusual(Exception):
     """Outside the fast path: the reference codec (fastavro) decides."""
@@ -196,26 +198,10 @@ def read_block_count(buf: bytes, pos: int) -> tuple[int, int]:
     return count, pos
 
 
-# Logical types read the way fastavro's LOGICAL_READERS do (a unit test holds them equal).
-EPOCH_UTC = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# Logical types read the way fastavro's LOGICAL_READERS do (a unit test holds them equal);
+# timestamp-millis through common.millis (EPOCH_UTC, SPAN_START, ...), inlined by the decoder.
 timedelta = datetime.timedelta
-
-# timestamp-millis: building a timedelta from an int costs ~450 ns, adding one to a datetime
-# ~60 ns. So a timestamp is the datetime of its 16,384 ms span (cached: the timestamps of a
-# stream cluster) plus one of 16,384 ready timedeltas (~0.7 MB). Integer arithmetic
-# throughout, so the result is exactly fastavro's.
-MILLIS_LOW = tuple(timedelta(milliseconds=n) for n in range(1 << 14))
-MILLIS_SPAN: dict[int, datetime.datetime] = {}
-_MILLIS_SPANS_KEPT = 1 << 16
-_ONE_MS = timedelta(milliseconds=1)
-
-
-def millis_span(span: int) -> datetime.datetime:
-    """The datetime where the 16,384 ms span ``span`` (epoch ms >> 14) starts, now cached."""
-    if len(MILLIS_SPAN) >= _MILLIS_SPANS_KEPT:
-        MILLIS_SPAN.clear()
-    start = MILLIS_SPAN[span] = EPOCH_UTC + _ONE_MS * (span << 14)
-    return start
+__all__ = ["EPOCH_UTC", "MILLIS_IN_SPAN", "SPAN_START", "span_start"]  # re-exported for the decoders
 
 unpack_float = struct.Struct("<f").unpack_from
 unpack_double = struct.Struct("<d").unpack_from

@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from common.errors import RetriableError, safe_message
 from common.task import TopicPartition
-from connectors.sink_billing.events import BillingEvent, BillKey
+from connectors.sink_billing.events import BillingEvent, BillKey, new_tuple
 from connectors.sink_billing.rules import BatchOutcome, ChargeState, fold_batch
 from connectors.sink_billing.writer import ChargeWriter
 
@@ -46,9 +47,12 @@ class ChargePipeline:
         self.writer = writer
         self._rewind = rewind
         self._max_keys = max_keys
-        # None: read from the database as absent (and not written since).
-        self._states: dict[BillKey, ChargeState | None] = {}
-        self._keys_by_partition: dict[TopicPartition, set[BillKey]] = {}
+        # None: read from the database as absent (and not written since). Keys and states (all
+        # fields but the key) are held as plain tuples: the cyclic GC stops tracking an exact tuple
+        # of atomic values (strings, numbers, dates), never a NamedTuple, and every full
+        # collection would walk them all.
+        self._states: dict[tuple[str, str, str], tuple[Any, ...] | None] = {}
+        self._keys_by_partition: dict[TopicPartition, set[tuple[str, str, str]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-commit")
         self._in_flight: Future[None] | None = None
         self._in_flight_offsets: dict[TopicPartition, int] = {}
@@ -137,21 +141,21 @@ class ChargePipeline:
         if unseen:
             stored = self.writer.read_states(unseen)
             for key in unseen:
-                states[key] = stored.get(key)
+                state = stored.get(key)
+                states[tuple(key)] = None if state is None else state[1:]
             partitions = self._keys_by_partition
             for e in events:
                 if e.key in unseen:
-                    partitions.setdefault((e.topic, e.partition), set()).add(e.key)
+                    partitions.setdefault((e.topic, e.partition), set()).add(tuple(e.key))
         known: dict[BillKey, ChargeState] = {}
         for e in events:
             state = states[e.key]
-            if state is not None:
-                known[e.key] = state
+            if state is not None:  # a ChargeState again, keyed by the event's BillKey
+                known[e.key] = new_tuple(ChargeState, (e.key, *state))
         return known
 
     def _remember(self, events: Sequence[BillingEvent], outcome: BatchOutcome) -> None:
         """The states this batch writes, with the compare-and-set token its rows will carry."""
+        states = self._states
         for key, state in outcome.charges.items():
-            assert state.latest_event is not None  # a changed state names its event
-            # The event itself is only needed to write the row: the memory keeps the state alone.
-            self._states[key] = state._replace(stored_event_id=state.latest_event.event_id, latest_event=None)
+            states[tuple(key)] = state.as_written()[1:]

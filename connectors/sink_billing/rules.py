@@ -44,7 +44,7 @@ from decimal import Decimal
 from typing import Literal, NamedTuple
 
 from connectors.sink_billing.events import (
-    CHARGING_STATUSES, CORRECTING_STATUSES, REVERSING_STATUSES, BillingEvent, BillKey,
+    CHARGING_STATUSES, CORRECTING_STATUSES, REVERSING_STATUSES, BillingEvent, BillKey, new_tuple,
 )
 from connectors.sink_billing.price_list import PriceList
 
@@ -75,6 +75,13 @@ class ChargeState(NamedTuple):
     latest_event: BillingEvent | None = None
     # The stored row's event_id when it was read: the writer's compare-and-set token (None: not read).
     stored_event_id: str | None = None
+
+    def as_written(self) -> ChargeState:
+        """This state once its row is written: the event is dropped (only the row needed it) and
+        becomes the compare-and-set token (``latest_event`` and ``stored_event_id`` are the last
+        two fields)."""
+        assert self.latest_event is not None  # a changed state names its event
+        return new_tuple(ChargeState, (*self[:-2], None, self.latest_event.event_id))
 
     def moved_to(self, event: BillingEvent, status: ChargeStatus | None = None) -> ChargeState:
         """This state after ``event`` changed it: the latest_* columns follow the event."""
@@ -160,13 +167,15 @@ class ChargeRules:
                 "no_price_on_service_date" if event.key.test_code in self.prices else "not_on_price_list"
             )
             return Outcome(unpriced=UnpricedEvent(event, reason))
-        state = ChargeState(
-            key=event.key, status="charged", amount=price.amount, currency=price.currency,
-            price_effective_from=price.effective_from, service_time=event.event_time,
-            charge_event_id=event.event_id, latest_version=event.version, latest_event_time=event.event_time,
-            latest_event=event,
-        )
-        return Outcome(state, LedgerEntry(event, entry_type, price.amount, price.currency, event.event_id))
+        event_time = event.event_time
+        state = new_tuple(ChargeState, (
+            event.key, "charged", price.amount, price.currency, price.effective_from,
+            event_time, event.event_id,  # service_time, charge_event_id
+            event.version, event_time, event,  # latest_version, latest_event_time, latest_event
+            None,  # stored_event_id: a new state was not read from the database
+        ))
+        return new_tuple(Outcome, (state, new_tuple(LedgerEntry, (
+            event, entry_type, price.amount, price.currency, event.event_id)), None))
 
 
 def _corrects(state: ChargeState, event: BillingEvent) -> bool:

@@ -16,7 +16,6 @@ task from the group (README, "S3").
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import operator
 import time
@@ -28,6 +27,7 @@ import pyarrow as pa
 
 from common.config import WorkerSettings
 from common.errors import ConfigError, ConnectorError, PermanentError, RetriableError
+from common.heap import gc_paused
 from common.records import SinkRecord
 from common.serde import SerializationError, avro_body_offset
 from common.task import SinkTask, SinkTaskContext, TopicPartition
@@ -240,7 +240,8 @@ class WarehouseSinkTask(SinkTask):
             key = object_key(self.storage.prefix, topic, partition, time_partition,
                              chunk.start_offset, self.format.extension)
             self._check_deadline(key)
-            with self.uploads.open_object(key) as out, _gc_paused():
+            # Encoding allocates ~one tuple per row and one object per cell, all acyclic.
+            with self.uploads.open_object(key) as out, gc_paused():
                 try:
                     self.format.write(out, self._prepared[chunk.schema_ref], chunk.records, chunk.values())
                 except (ConnectorError, MemoryError, OSError):
@@ -391,20 +392,6 @@ def _event_ms(record: SinkRecord, field_name: str, value: object) -> int:
         return epoch_ms(value)
     except InvalidEventTime as exc:
         raise PermanentError(f"{_where(record)}: time field {field_name} is {exc}") from None
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Encoding allocates ~one tuple per row and one object per cell, all acyclic.
-    With a round of decoded records alive, that triggers collections that walk every
-    record again and again: pausing the cyclic GC while encoding doubles throughput."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _where(record: SinkRecord) -> str:

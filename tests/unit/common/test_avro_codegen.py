@@ -33,6 +33,7 @@ from common.avro_codegen.decoder import INLINE_LOGICAL, DecoderGenerator
 from common.avro_codegen.encoder import EncoderGenerator
 from common.avro_codegen.decoder import RUNTIME_NAMES
 from common.avro_codegen.runtime import int_bytes, long_bytes, read_long
+from common.millis import utc_from_millis
 from common.avro_codegen.union_choice import CONVERTED_BY, FAST_TYPES
 from tests.support.avro_values import (
     KITCHEN_SINK,
@@ -382,3 +383,9 @@ def test_varints_read_the_same_at_the_end_of_the_buffer_and_before_any_bytes(num
 def test_a_six_byte_varint_in_a_non_shortest_form_reads_as_fastavro_reads_it() -> None:
     for encoded in (b"\x81\x80\x80\x80\x80\x00", b"\x80\x80\x80\x80\x80\x00", b"\xff\xff\xff\xff\xff\x7f"):
         assert read_long(encoded, 0) == (reference_decoder("long", None)(encoded, 0), 6)
+
+
+@given(st.integers(-62135596800000, 253402300799999))
+def test_utc_from_millis_is_the_exact_sum_of_epoch_and_milliseconds(ms: int) -> None:
+    expected = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(milliseconds=ms)
+    assert utc_from_millis(ms) == expected and utc_from_millis(ms).tzinfo is expected.tzinfo
