@@ -6,7 +6,11 @@ walks whatever is alive. Two things keep that walk short:
 
 * :func:`freeze_startup_heap`, once the task has started: the modules, compiled codecs and
   settings alive then (hundreds of thousands of objects with SQLAlchemy, pyarrow or boto3
-  loaded) move to the permanent generation and are never walked again.
+  loaded) move to the permanent generation and are never walked again. The oldest
+  generation is then collected every 100th (not 10th) collection of the middle one: the
+  collector's other brake on full collections (only once the long-lived objects grew by a
+  quarter) no longer works with so few of them, and each full collection walks every batch
+  in flight.
 * :func:`gc_paused` around a step that allocates a whole batch of objects at once (a parsed
   FHIR page, a round of Parquet rows): no collection walks the half-built batch again and
   again; the one after it finds the batch freed.
@@ -21,6 +25,8 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+_FULL_COLLECTION_EVERY = 100  # collections of the middle generation (CPython's default: 10)
+
 
 def freeze_startup_heap() -> None:
     """Collect once, then exempt everything alive now from later collections. What an earlier
@@ -28,6 +34,8 @@ def freeze_startup_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, max(old, _FULL_COLLECTION_EVERY))
 
 
 @contextlib.contextmanager

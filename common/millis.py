@@ -31,4 +31,7 @@ def span_start(span: int) -> datetime.datetime:
 
 def utc_from_millis(ms: int) -> datetime.datetime:
     """``EPOCH_UTC + timedelta(milliseconds=ms)``; OverflowError outside datetime's years 1-9999."""
-    return (SPAN_START.get(ms >> SPAN_BITS) or span_start(ms >> SPAN_BITS)) + MILLIS_IN_SPAN[ms & SPAN_MASK]
+    try:
+        return (SPAN_START.get(ms >> SPAN_BITS) or span_start(ms >> SPAN_BITS)) + MILLIS_IN_SPAN[ms & SPAN_MASK]
+    except OverflowError:  # the first seconds of year 1: their span starts before it
+        return EPOCH_UTC + _ONE_MS * ms

@@ -27,7 +27,7 @@ from common.millis import SPAN_BITS, SPAN_MASK
 RUNTIME_NAMES = {name: getattr(runtime, name) for name in (
     "Unusual", "ONE_BYTE_LONG", "ONE_BYTE_LENGTH", "BOOLEAN_OF_BYTE", "read_long", "read_length",
     "read_block_count", "unpack_float", "unpack_double", "EPOCH_UTC", "timedelta", "SPAN_START", "MILLIS_IN_SPAN",
-    "span_start")}
+    "utc_from_millis")}
 RUNTIME_NAMES["deepcopy"] = copy.deepcopy
 
 # Each Avro type's smallest encoding is a byte or more, except these: a block count above
@@ -35,11 +35,11 @@ RUNTIME_NAMES["deepcopy"] = copy.deepcopy
 ZERO_WIDTH = frozenset({"null", "record"})
 
 # Logical types converted inline: the values fastavro's readers give, computed faster
-# (timestamp-millis: common.millis.utc_from_millis inlined; positional arguments). tests/unit/common/test_avro_codegen.py
-# holds them equal.
+# (timestamp-millis: common.millis.utc_from_millis with its cache hit inlined; positional
+# arguments). tests/unit/common/test_avro_codegen.py holds them equal.
 INLINE_LOGICAL = {
-    "long-timestamp-millis": f"(SPAN_START.get({{x}} >> {SPAN_BITS}) or span_start({{x}} >> {SPAN_BITS}))"
-                             f" + MILLIS_IN_SPAN[{{x}} & {SPAN_MASK}]",
+    "long-timestamp-millis": f"{{x}}_start + MILLIS_IN_SPAN[{{x}} & {SPAN_MASK}] if ({{x}}_start := "
+                             f"SPAN_START.get({{x}} >> {SPAN_BITS})) is not None else utc_from_millis({{x}})",
     "long-timestamp-micros": "EPOCH_UTC + timedelta(0, 0, {x})",
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import struct
 
-from common.millis import EPOCH_UTC, MILLIS_IN_SPAN, SPAN_START, span_start
+from common.millis import EPOCH_UTC, MILLIS_IN_SPAN, SPAN_START, utc_from_millis
 
 
 class Unusual(Exception):
@@ -201,7 +201,7 @@ def read_block_count(buf: bytes, pos: int) -> tuple[int, int]:
 # Logical types read the way fastavro's LOGICAL_READERS do (a unit test holds them equal);
 # timestamp-millis through common.millis (EPOCH_UTC, SPAN_START, ...), inlined by the decoder.
 timedelta = datetime.timedelta
-__all__ = ["EPOCH_UTC", "MILLIS_IN_SPAN", "SPAN_START", "span_start"]  # re-exported for the decoders
+__all__ = ["EPOCH_UTC", "MILLIS_IN_SPAN", "SPAN_START", "utc_from_millis"]  # re-exported for the decoders
 
 unpack_float = struct.Struct("<f").unpack_from
 unpack_double = struct.Struct("<d").unpack_from

@@ -389,3 +389,15 @@ def test_a_six_byte_varint_in_a_non_shortest_form_reads_as_fastavro_reads_it() -
 def test_utc_from_millis_is_the_exact_sum_of_epoch_and_milliseconds(ms: int) -> None:
     expected = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(milliseconds=ms)
     assert utc_from_millis(ms) == expected and utc_from_millis(ms).tzinfo is expected.tzinfo
+
+
+@pytest.mark.parametrize("ms", [-62135596800000, -62135596800000 + 16383, 253402300799999, 0, -1])
+def test_utc_from_millis_at_the_ends_of_datetimes_range(ms: int) -> None:
+    assert utc_from_millis(ms) == datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + \
+        datetime.timedelta(milliseconds=ms)
+
+
+@pytest.mark.parametrize("ms", [-62135596800001, 253402300800000])
+def test_utc_from_millis_beyond_datetimes_range_is_an_overflow(ms: int) -> None:
+    with pytest.raises(OverflowError):
+        utc_from_millis(ms)
