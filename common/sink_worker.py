@@ -34,7 +34,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from common.config import SinkSettings
 from common.connector import ConnectorSpec
-from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
 from common.errors import ConnectorError, TaskFailed, is_retriable, safe_message
 from common.heap import freeze_startup_heap
 from common.kafka_clients import with_log
@@ -44,6 +43,7 @@ from common.retry import RetryPolicy, call_with_retries
 from common.serde import Serde, SerializationError, make_serde
 from common.status import Control, StatusReporter, TaskState
 from common.task import SinkTask, TopicPartition as TP
+from common.tolerance import ErrorTolerance
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,6 @@ class SinkWorker:
                                          settings.schema_registry_properties(), settings.avro_codec)
         self.metrics = TaskMetrics(self.name, settings.task_id, "sink")
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
-        self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
-                                         settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
         kafka = with_log(settings.kafka_properties())  # librdkafka's lines in the connector's log format
         group = f"connect-{self.name}"
         self.consumed = ConsumeMeter(group, settings.topic_list)
@@ -143,11 +141,9 @@ class SinkWorker:
             **kafka,
             **status.kafka.client_config(),  # GET /ready: is this consumer connected?
         }, self.lag.on_stats))  # kafka_consumer_lag, from the statistics librdkafka computes anyway
-        self.dlq = DeadLetterQueue(
-            Producer({"enable.idempotence": True, "linger.ms": 5, **kafka}),
-            settings.errors_deadletterqueue_topic_name, self.name, settings.task_id,
-            settings.errors_deadletterqueue_context_headers_enable,
-        )
+        dlq_producer = Producer({"enable.idempotence": True, "linger.ms": 5, **kafka})
+        self.errors = ErrorTolerance(settings, self.name, dlq_producer, task, self.metrics, log)
+        self.dlq = self.errors.dlq
         self.batch = SinkBatch()
         self._reader_by_topic = {topic: spec.reader_schema(topic) for topic in settings.topic_list}
         if task.raw_values and any(self._reader_by_topic.values()):
@@ -334,12 +330,11 @@ class SinkWorker:
         final = {(tp.topic, tp.partition): tp.offset for tp in positions}
         try:
             self._put_and_flush(records, final)
-            self.budget.record_valid(self._valid_count(records))
+            self.errors.record_valid(self._valid_count(records))
         except (TaskFailed, _Abandoned, _Rewound, MemoryError):
             raise
         except Exception as exc:
-            if self.settings.errors_tolerance == "none":
-                raise TaskFailed(f"put failed and errors.tolerance=none: {safe_message(exc)}") from exc
+            self.errors.check("put", exc, as_cause=True)
             log.warning("batch failed permanently (%s); isolating the bad record", type(exc).__name__,
                         extra={"count": len(records)})
             self._split(records, final)
@@ -379,7 +374,7 @@ class SinkWorker:
             offsets = _offsets_through(records, final, last=last)
             try:
                 self._put_and_flush(records, offsets)
-                self.budget.record_valid(self._valid_count(records))
+                self.errors.record_valid(self._valid_count(records))
             except (TaskFailed, _Abandoned, _Rewound, MemoryError):
                 raise
             except Exception as exc:
@@ -397,7 +392,7 @@ class SinkWorker:
             offsets = _offsets_through(part, final, last=part_is_last)
             try:
                 self._put_and_flush(part, offsets)
-                self.budget.record_valid(self._valid_count(part))
+                self.errors.record_valid(self._valid_count(part))
             except (TaskFailed, _Abandoned, _Rewound, MemoryError):
                 raise
             except Exception:
@@ -497,15 +492,13 @@ class SinkWorker:
 
     # ------------------------------------------------------------- dead letters
     def _dead_letter_message(self, message: Message, error: BaseException, stage: str) -> None:
-        if self.settings.errors_tolerance == "none":
-            raise TaskFailed(f"{stage} failed and errors.tolerance=none: {safe_message(error)}")
-        ts_type, ts = message.timestamp()
-        self.dlq.send(key=message.key(), value=message.value(), headers=message.headers(), timestamp_ms=ts or None,
-                      origin_topic=message.topic(), partition=message.partition(), offset=message.offset(),
-                      stage=stage, class_name=type(self.task).__qualname__, error=error)
-        self._count_invalid(message.topic(), message.partition(), message.offset(), stage, error)
+        self.errors.check(stage, error)
+        topic, partition = message.topic(), message.partition()
+        self.errors.dead_letter(key=message.key(), value=message.value(), headers=message.headers(),
+                                timestamp_ms=message.timestamp()[1], origin=(topic, partition, message.offset()),
+                                stage=stage, error=error)
         self.batch.dirty = True
-        self.batch.last_seen.setdefault((message.topic(), message.partition()), time.monotonic())
+        self.batch.last_seen.setdefault((topic, partition), time.monotonic())
 
     def _report(self, record: SinkRecord, error: BaseException, stage: str = "TASK_PUT") -> None:
         """A task's own verdict on one record (Kafka Connect's ErrantRecordReporter): dead-letter
@@ -513,29 +506,14 @@ class SinkWorker:
         reported = (record.topic, record.partition, record.offset)
         if reported in self.batch.reported:
             return
-        if self.settings.errors_tolerance == "none":
-            raise TaskFailed(f"{stage} failed and errors.tolerance=none: {safe_message(error)}")
+        self.errors.check(stage, error)
         self.batch.reported.add(reported)
         self._dead_letter_record(record, error, stage)
 
     def _dead_letter_record(self, record: SinkRecord, error: BaseException, stage: str) -> None:
-        self.dlq.send(key=record.raw_key, value=record.raw_value, headers=record.headers,
-                      timestamp_ms=record.timestamp_ms or None, origin_topic=record.topic,
-                      partition=record.partition, offset=record.offset, stage=stage,
-                      class_name=type(self.task).__qualname__, error=error)
-        self._count_invalid(record.topic, record.partition, record.offset, stage, error)
-
-    def _count_invalid(self, topic: str, partition: int, offset: int, stage: str, error: BaseException) -> None:
-        self.metrics.record_errors.inc()
-        self.metrics.dlq_produce.inc()
-        self.metrics.last_error.set_to_current_time()
-        log.warning("record sent to the dead-letter queue at %s: %s", stage, safe_message(error),
-                    extra={"topic": topic, "partition": partition, "offset": offset,
-                           "error_class": type(error).__name__})
-        try:
-            self.budget.record_invalid()
-        except Exception as exc:
-            raise TaskFailed(f"dead-letter limit exceeded: {exc}") from exc
+        self.errors.dead_letter(key=record.raw_key, value=record.raw_value, headers=record.headers,
+                                timestamp_ms=record.timestamp_ms, stage=stage, error=error,
+                                origin=(record.topic, record.partition, record.offset))
 
     # ---------------------------------------------------------------- rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -30,8 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from common.config import SourceSettings
 from common.connector import ConnectorSpec
-from common.dlq import DeadLetterQueue, DlqBudget, DlqLimit
-from common.errors import RetriableError, TaskFailed, is_retriable, safe_message
+from common.errors import RetriableError, TaskFailed, is_retriable
 from common.heap import freeze_startup_heap
 from common.kafka_clients import with_log
 from common.metrics import PublishMeter, TaskMetrics
@@ -40,6 +39,7 @@ from common.retry import RetryPolicy, call_with_retries
 from common.serde import Serde, make_serde
 from common.status import Control, StatusReporter, TaskState
 from common.task import SourceTask
+from common.tolerance import ErrorTolerance
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,6 @@ class SourceWorker:
         self.metrics = TaskMetrics(self.name, settings.task_id, "source")
         self.published = PublishMeter()
         self.retry = RetryPolicy(settings.errors_retry_timeout_ms, settings.errors_retry_delay_max_ms)
-        self.budget = DlqBudget(DlqLimit(settings.errors_dlq_max_invalid_ratio,
-                                         settings.errors_dlq_max_consecutive_count, settings.errors_dlq_min_records))
         self.kafka = with_log(settings.kafka_properties())  # librdkafka's lines in the connector's log format
         self.extra_headers = extra_headers or []
         self.producer = Producer({
@@ -190,9 +188,8 @@ class SourceWorker:
             "compression.type": "lz4",
             **status.kafka.client_config(),  # GET /ready: is this producer connected?
         })
-        self.dlq = DeadLetterQueue(self.producer, settings.errors_deadletterqueue_topic_name, self.name,
-                                   settings.task_id, settings.errors_deadletterqueue_context_headers_enable,
-                                   transactional=True)
+        self.errors = ErrorTolerance(settings, self.name, self.producer, task, self.metrics, log, transactional=True)
+        self.dlq = self.errors.dlq
         self._delivery_errors: list[tuple[str, int, str]] = []  # (topic, error code, error name)
         self._in_flight: _Commit | None = None
 
@@ -356,7 +353,7 @@ class SourceWorker:
         context._update({k: v for k, (_, v) in commit.latest.items()})
         self.metrics.source_record_write.inc(commit.written)
         self.metrics.offset_commit.inc()
-        self.budget.record_valid(commit.written)
+        self.errors.record_valid(commit.written)
         self.task.on_committed(commit.batch)
 
     def _produce(self, topic: str, kwargs: dict[str, Any]) -> None:
@@ -393,18 +390,9 @@ class SourceWorker:
 
     def _dead_letter(self, payload: bytes, key: bytes | None, headers: list[tuple[str, bytes]], stage: str,
                      error: BaseException) -> None:
-        if self.settings.errors_tolerance == "none":
-            raise TaskFailed(f"{stage} failed and errors.tolerance=none: {safe_message(error)}")
-        self.dlq.send(key=key, value=payload, headers=headers, timestamp_ms=None, origin_topic="",
-                      partition=-1, offset=-1, stage=stage, class_name=type(self.task).__qualname__, error=error)
-        self.metrics.record_errors.inc()
-        self.metrics.dlq_produce.inc()
-        log.warning("input sent to the dead-letter queue at %s: %s", stage, safe_message(error),
-                    extra={"error_class": type(error).__name__})
-        try:
-            self.budget.record_invalid()
-        except Exception as exc:
-            raise TaskFailed(f"dead-letter limit exceeded: {exc}") from exc
+        self.errors.check(stage, error)
+        self.errors.dead_letter(key=key, value=payload, headers=headers, timestamp_ms=None, origin=None,
+                                stage=stage, error=error)
 
     def close_on_failure(self) -> None:
         """After a failure: nothing to commit; pending transactions were aborted."""
