@@ -67,11 +67,11 @@ class ErrorTolerance:
         self.metrics.last_error.set_to_current_time()
         if origin is None:
             self.log.warning("input sent to the dead-letter queue at %s: %s", stage, safe_message(error),
-                        extra={"error_class": type(error).__name__})
+                             extra={"error_class": type(error).__name__})
         else:
             self.log.warning("record sent to the dead-letter queue at %s: %s", stage, safe_message(error),
-                        extra={"topic": topic, "partition": partition, "offset": offset,
-                               "error_class": type(error).__name__})
+                             extra={"topic": topic, "partition": partition, "offset": offset,
+                                    "error_class": type(error).__name__})
         try:
             self.budget.record_invalid()
         except Exception as exc:
