@@ -22,9 +22,10 @@ RUNTIME_NAMES = {name: getattr(runtime, name) for name in (
     "Unusual", "SMALL_LONG", "SMALL_LENGTH", "long_bytes", "int_bytes", "float_bytes", "double_bytes")}
 
 
-def _length(n: str) -> str:
-    """Expression: the varint of a non-negative length ``n`` (one byte up to 63)."""
-    return f"SMALL_LENGTH[{n}] if {n} < 64 else long_bytes({n})"
+def _length(fn: Function, sized: str) -> str:
+    """Expression: the varint of ``len(sized)`` (one byte up to 63), len() called once."""
+    n = fn.fresh("n")
+    return f"SMALL_LENGTH[{n}] if ({n} := len({sized})) < 64 else long_bytes({n})"
 
 
 def _index_bytes(index: int) -> bytes:
@@ -110,13 +111,13 @@ class EncoderGenerator:
         if checked is not str:
             fn.line(f"if type({x}) is not str: raise Unusual")
         fn.line(f"{b} = {x}.encode()")
-        fn.line(f"append({_length(f'len({b})')})")
+        fn.line(f"append({_length(fn, b)})")
         fn.line(f"append({b})")
 
     def write_bytes(self, fn: Function, schema: Any, x: str, checked: type | None = None) -> None:
         if checked is not bytes:
             fn.line(f"if type({x}) is not bytes: raise Unusual")
-        fn.line(f"append({_length(f'len({x})')})")
+        fn.line(f"append({_length(fn, x)})")
         fn.line(f"append({x})")
 
     def write_fixed(self, fn: Function, schema: Any, x: str, checked: type | None = None) -> None:
@@ -134,7 +135,7 @@ class EncoderGenerator:
         item = fn.fresh("item")
         fn.line(f"if type({x}) is not list: raise Unusual")
         with fn.block(f"if {x}:  # one block of len() items, then the empty block"):
-            fn.line(f"append({_length(f'len({x})')})")
+            fn.line(f"append({_length(fn, x)})")
             with fn.block(f"for {item} in {x}:"):
                 self.value(fn, schema["items"], item)
         fn.line('append(b"\\x00")')
@@ -143,7 +144,7 @@ class EncoderGenerator:
         key, item = fn.fresh("key"), fn.fresh("item")
         fn.line(f"if type({x}) is not dict: raise Unusual")
         with fn.block(f"if {x}:  # one block of len() entries, then the empty block"):
-            fn.line(f"append({_length(f'len({x})')})")
+            fn.line(f"append({_length(fn, x)})")
             with fn.block(f"for {key}, {item} in {x}.items():"):
                 self.write_string(fn, "string", key)
                 self.value(fn, schema["values"], item)
