@@ -35,14 +35,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from common.config import client_properties
 from common.kafka_clients import TOOL_LOG, require_reachable
 from common.dlq import HEADER_PREFIX
+from common.topic_reader import ReadTimedOut, read_to_end
 
 REDRIVEN_FROM = "__labconnect.redriven.from"
 BATCH = 500
+STALL_S = 120.0  # reading the dead-letter topic gives up when nothing arrives for this long
 PROGRESS_EVERY_S = 2.0
 
 
@@ -55,26 +57,15 @@ def _context(message: Any) -> dict[str, str]:
             for k, v in (message.headers() or []) if k.startswith(HEADER_PREFIX)}
 
 
-def _read(consumer: Consumer, partitions: list[int], stall_s: float = 120.0) -> Iterator[list[Any]]:
-    """Batches of messages until every partition reached its end (end-of-partition events);
-    raises if nothing arrives for ``stall_s`` before that."""
-    pending = set(partitions)
-    deadline = time.monotonic() + stall_s
-    while pending:
-        if time.monotonic() > deadline:
-            raise RedriveError(f"the dead-letter topic was not read to its end (nothing for {stall_s:.0f}s)")
-        batch = []
-        for message in consumer.consume(BATCH, timeout=1.0):
-            deadline = time.monotonic() + stall_s
-            error = message.error()
-            if error is None:
-                batch.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                pending.discard(message.partition())
-            elif error.fatal():
-                raise KafkaException(error)
-        if batch:
-            yield batch
+def _read(consumer: Consumer, assignment: list[TopicPartition]) -> Iterator[list[Any]]:
+    """Batches of dead letters from ``assignment`` until every partition reached its end;
+    raises if nothing arrives for STALL_S before that."""
+    try:
+        # One second a consume call: the end-of-partition event comes a fetch after the last records,
+        # and a call that takes both ends the read before records it re-drove can come back to it.
+        yield from read_to_end(consumer, assignment, stall=STALL_S, batch_size=BATCH, poll_s=1.0)
+    except ReadTimedOut:
+        raise RedriveError(f"the dead-letter topic was not read to its end (nothing for {STALL_S:.0f}s)") from None
 
 
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
@@ -93,8 +84,7 @@ def _dead_letters(bootstrap: str | None, topic: str, connector: str | None) -> I
                          "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         partitions = _partitions(consumer, topic)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        for batch in _read(consumer, partitions):
+        for batch in _read(consumer, [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]):
             for message in batch:
                 ctx = _context(message)
                 if connector and ctx.get("connector.name") != connector:
@@ -203,11 +193,11 @@ class _Redrive:
         for tp in committed:
             low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
             self.total += max(0, high - max(low, tp.offset))
-        self.consumer.assign([TopicPartition(self.topic, tp.partition,
-                                             tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed])
         print(f"redrive: {self.total} dead letters to read in {self.topic} (all connectors') since the last "
               "re-drive", file=sys.stderr, flush=True)
-        for batch in _read(self.consumer, partitions):
+        since_last_redrive = [TopicPartition(self.topic, tp.partition,
+                                             tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed]
+        for batch in _read(self.consumer, since_last_redrive):
             self._redrive(batch)
             self.read += len(batch)
             if time.monotonic() - self._progress_at >= PROGRESS_EVERY_S:

@@ -40,6 +40,7 @@ from common.serde import Serde, make_serde
 from common.status import Control, StatusReporter, TaskState
 from common.task import SourceTask
 from common.tolerance import ErrorTolerance
+from common.topic_reader import ReadStopped, ReadTimedOut, high_watermarks, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -69,46 +70,28 @@ def read_source_offsets(kafka: dict[str, str], topic: str, connector: str, timeo
         metadata = consumer.list_topics(topic, timeout=timeout)
         if metadata.topics[topic].error is not None:
             raise KafkaException(metadata.topics[topic].error)
-        end: dict[int, int] = {}
-        # The high watermark, not the last stable offset a read_committed consumer reports.
-        watermarks = Consumer({**kafka, "group.id": f"offset-reader-{connector}", "isolation.level": "read_uncommitted"})
+        # Up to the high watermarks, not the last stable offset (see common.topic_reader): offsets
+        # committed behind another transaction still open are waited for, not skipped.
+        watermarks = high_watermarks({**kafka, "group.id": f"offset-reader-{connector}"}, topic,
+                                     metadata.topics[topic].partitions, timeout)
+        ends = {partition: end for partition, end in watermarks.items() if end > 0}  # empty ones hold nothing
+        assignment = [TopicPartition(topic, partition, OFFSET_BEGINNING) for _, partition in ends]
         try:
-            for p in metadata.topics[topic].partitions:
-                _, high = watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-                if high > 0:
-                    end[p] = high
-        finally:
-            watermarks.close()
-        pending = set(end)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise RetriableError(f"reading {topic} timed out (an open transaction not resolved in time?)")
-            if should_stop():
-                raise StopRequested(f"stop requested while reading {topic}")
-            messages = consumer.consume(1000, timeout=0.5)
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF and message.offset() >= end[message.partition()]:
-                        pending.discard(message.partition())
-                    elif error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)
-                    continue
-                text = (message.key() or b"").decode()
-                if text.startswith(prefix):
-                    partition_json = json.dumps(json.loads(text)[1], separators=(",", ":"), sort_keys=True)
-                    if message.value() is None:
-                        offsets.pop(partition_json, None)
-                    else:
-                        offsets[partition_json] = json.loads(message.value())
-            if pending and not messages:
-                # An end-of-partition event below the watermark (an open transaction) is not
-                # repeated when the transaction is resolved: ask for the position instead.
-                for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
-                    if tp.offset >= end[tp.partition]:
-                        pending.discard(tp.partition)
+            # Any consumer error fails the start at once rather than after the timeout.
+            for batch in read_to_end(consumer, assignment, ends=ends, timeout=timeout, should_stop=should_stop,
+                                     fail_on=lambda error: True):
+                for message in batch:
+                    text = (message.key() or b"").decode()
+                    if text.startswith(prefix):
+                        partition_json = json.dumps(json.loads(text)[1], separators=(",", ":"), sort_keys=True)
+                        if message.value() is None:
+                            offsets.pop(partition_json, None)
+                        else:
+                            offsets[partition_json] = json.loads(message.value())
+        except ReadStopped:
+            raise StopRequested(f"stop requested while reading {topic}") from None
+        except ReadTimedOut:
+            raise RetriableError(f"reading {topic} timed out (an open transaction not resolved in time?)") from None
     finally:
         consumer.close()
     return offsets

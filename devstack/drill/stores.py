@@ -5,7 +5,6 @@ messages, the dead-letter queue and how far each sink has read."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -136,7 +135,9 @@ class TopicContents:
 
 def read_topics(stack: Stack, topics: tuple[str, ...] = ("lab-results", "lab-reports", "patients", "dead-letter"),
                 timeout: float = 60.0) -> TopicContents:
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
+
+    from common.topic_reader import ReadTimedOut, read_to_end
 
     consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": f"drill-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "enable.partition.eof": True,
@@ -145,25 +146,17 @@ def read_topics(stack: Stack, topics: tuple[str, ...] = ("lab-results", "lab-rep
     try:
         assignment = [TopicPartition(t, p, 0) for t in topics
                       for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
-        consumer.assign(assignment)
-        at_eof: set[tuple[str, int]] = set()
-        deadline = time.monotonic() + timeout
-        while len(at_eof) < len(assignment) and time.monotonic() < deadline:
-            for message in consumer.consume(1000, timeout=0.5):
-                where = (message.topic(), message.partition())
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        at_eof.add(where)
-                    continue
-                at_eof.discard(where)
-                contents.ends[where] = message.offset() + 1
-                contents.counts[message.topic()] += 1
-                if any(k == "replay" for k, _ in message.headers() or []):
-                    contents.replayed[message.topic()] += 1
-                if message.topic() == "dead-letter":
-                    contents.dead_letters.append((message.key(), message.value()))
-        if len(at_eof) < len(assignment):
-            raise TimeoutError(f"the topics were not read to their end in {timeout:.0f}s")
+        try:
+            for batch in read_to_end(consumer, assignment, timeout=timeout):
+                for message in batch:
+                    contents.ends[(message.topic(), message.partition())] = message.offset() + 1
+                    contents.counts[message.topic()] += 1
+                    if any(k == "replay" for k, _ in message.headers() or []):
+                        contents.replayed[message.topic()] += 1
+                    if message.topic() == "dead-letter":
+                        contents.dead_letters.append((message.key(), message.value()))
+        except ReadTimedOut:
+            raise TimeoutError(f"the topics were not read to their end in {timeout:.0f}s") from None
     finally:
         consumer.close()
     return contents
