@@ -57,13 +57,12 @@ def _context(message: Any) -> dict[str, str]:
             for k, v in (message.headers() or []) if k.startswith(HEADER_PREFIX)}
 
 
-def _read(consumer: Consumer, assignment: list[TopicPartition]) -> Iterator[list[Any]]:
-    """Batches of dead letters from ``assignment`` until every partition reached its end;
-    raises if nothing arrives for STALL_S before that."""
+def _read(consumer: Consumer, assignment: list[TopicPartition],
+          ends: dict[tuple[str, int], int] | None = None) -> Iterator[list[Any]]:
+    """Batches of dead letters from ``assignment`` until every partition reached its end (its
+    offset in ``ends``, if given); raises if nothing arrives for STALL_S before that."""
     try:
-        # One second a consume call: the end-of-partition event comes a fetch after the last records,
-        # and a call that takes both ends the read before records it re-drove can come back to it.
-        yield from read_to_end(consumer, assignment, stall=STALL_S, batch_size=BATCH, poll_s=1.0)
+        yield from read_to_end(consumer, assignment, ends=ends, stall=STALL_S, batch_size=BATCH)
     except ReadTimedOut:
         raise RedriveError(f"the dead-letter topic was not read to its end (nothing for {STALL_S:.0f}s)") from None
 
@@ -184,22 +183,31 @@ class _Redrive:
         self.sent = self.passed = self.filtered = self.read = self.total = 0
         self.came_back: list[str] = []  # origins of dead letters that had been re-driven before
         self.redriven: set[str] = set()  # REDRIVEN_FROM values this run sent
+        self.came_back_early = 0  # of those, read back past the ends while the run still read
         self._progress_at = time.monotonic()
 
     def run(self) -> None:
         partitions = _partitions(self.consumer, self.topic)
         tps = [TopicPartition(self.topic, p) for p in partitions]
         committed = self.consumer.committed(tps, timeout=30)
+        # The queue as it stands now: a record re-driven by this run that fails again lands
+        # behind these ends, and is left for the next re-drive (and counted by watch()).
+        ends: dict[tuple[str, int], int] = {}
         for tp in committed:
             low, high = self.consumer.get_watermark_offsets(tp, timeout=30)
             self.total += max(0, high - max(low, tp.offset))
+            ends[(self.topic, tp.partition)] = high
         print(f"redrive: {self.total} dead letters to read in {self.topic} (all connectors') since the last "
               "re-drive", file=sys.stderr, flush=True)
         since_last_redrive = [TopicPartition(self.topic, tp.partition,
                                              tp.offset if tp.offset >= 0 else OFFSET_BEGINNING) for tp in committed]
-        for batch in _read(self.consumer, since_last_redrive):
-            self._redrive(batch)
-            self.read += len(batch)
+        for batch in _read(self.consumer, since_last_redrive, ends):
+            before_ends = [m for m in batch if m.offset() < ends[(self.topic, m.partition())]]
+            self.came_back_early += sum(1 for m in batch if m.offset() >= ends[(self.topic, m.partition())]
+                                        and _redriven_from(m) in self.redriven)
+            if before_ends:
+                self._redrive(before_ends)
+            self.read += len(before_ends)
             if time.monotonic() - self._progress_at >= PROGRESS_EVERY_S:
                 self._progress_at = time.monotonic()
                 print(f"redrive: {self.read} of about {self.total} dead letters read, {self.sent} re-driven",
@@ -208,7 +216,7 @@ class _Redrive:
     def watch(self, seconds: float) -> int:
         """Read what reaches the dead-letter queue for ``seconds``; how many of this run's
         re-driven records came back."""
-        back = 0
+        back = self.came_back_early
         deadline = time.monotonic() + seconds
         while self.redriven and time.monotonic() < deadline:
             for message in self.consumer.consume(BATCH, timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
