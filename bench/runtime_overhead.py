@@ -103,7 +103,7 @@ def _run_runtime(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     from common.config import SinkSettings, load_settings
     from common.connector import ConnectorSpec
     from common.records import SinkRecord
-    from common.sink_worker import SinkWorker
+    from common._sink_worker import SinkWorker
     from common.status import Control, StatusReporter
     from common.task import SinkTask, TopicPartition
 

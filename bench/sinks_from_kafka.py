@@ -75,7 +75,7 @@ def produce(bootstrap: str, topic: str, kind: str, count: int) -> None:
 def run_sink(spec: Any, env: dict[str, str], count: int) -> dict[str, Any]:
     """The real runtime (SinkWorker) with the connector's task, until ``count`` records are flushed."""
     from common.config import load_settings
-    from common.sink_worker import SinkWorker
+    from common._sink_worker import SinkWorker
     from common.status import Control, StatusReporter
 
     control = Control()

@@ -50,7 +50,7 @@ from report import add_json_argument, write_rows  # noqa: E402
 from report import row as report_row  # noqa: E402
 
 PRODUCER_SETTINGS = {"enable.idempotence": True, "partitioner": "murmur2_random", "linger.ms": 5,
-                     "compression.type": "lz4"}  # as common.source_worker.SourceWorker
+                     "compression.type": "lz4"}  # as common._source_worker.SourceWorker
 
 
 TIMINGS = {"poll_s": 0.0, "encode_s": 0.0}  # of the bare modes' preparation, outside their clock
@@ -81,7 +81,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Any:
 
 def _worker(args: argparse.Namespace, settings: Any, task: Any) -> dict[str, Any]:
     """Run the real SourceWorker on ``task`` until it is done or SIGTERM; time every transaction."""
-    from common.source_worker import SourceWorker
+    from common._source_worker import SourceWorker
     from common.status import Control, StatusReporter
     from connectors.source_lis.connector import CONNECTOR
 

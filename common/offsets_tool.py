@@ -38,7 +38,7 @@ from common.connector import REGISTRY, ConnectorSpec, load_connector
 from common.errors import ConfigError, ConnectorError
 from common.kafka_clients import TOOL_LOG, require_reachable
 from common.offset_reset import ResetTarget, SourceOffsetChange
-from common.source_worker import offset_key, read_source_offsets
+from common._source_worker import offset_key, read_source_offsets
 
 TIMEOUT_S = 30.0
 

@@ -124,12 +124,12 @@ def run_connector(spec: ConnectorSpec, settings: WorkerSettings, connector_name:
 def _make_worker(spec: ConnectorSpec, settings: WorkerSettings, task: SourceTask | SinkTask, status: StatusReporter,
                  control: Control, name: str, extra_headers: list[tuple[str, bytes]] | None):  # type: ignore[no-untyped-def]
     if spec.kind == "sink":
-        from common.sink_worker import SinkWorker
+        from common._sink_worker import SinkWorker
 
         assert isinstance(settings, SinkSettings) and isinstance(task, SinkTask)
         settings = settings.model_copy(update={"connector_name": name})
         return SinkWorker(spec, settings, task, status, control)
-    from common.source_worker import SourceWorker
+    from common._source_worker import SourceWorker
 
     assert isinstance(settings, SourceSettings) and isinstance(task, SourceTask)
     return SourceWorker(spec, settings, task, status, control, connector_name=name, extra_headers=extra_headers)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from common.config import WorkerSettings
-from common.connector import ConnectorSpec
+from common import ConnectorSpec, WorkerSettings
 from common.database import make_engine
 from common.offset_reset import SqlOffsetStore
 from connectors.sink_billing import tables

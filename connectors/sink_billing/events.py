@@ -9,9 +9,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from common.errors import PermanentError
+from common import PermanentError, SinkRecord
 from common.millis import utc_from_millis
-from common.records import SinkRecord
 
 # FHIR DiagnosticReport.status values that mean "the result is out": the first one bills.
 CHARGING_STATUSES = frozenset({"final", "amended", "corrected", "appended"})

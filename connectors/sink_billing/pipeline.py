@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from common.errors import RetriableError, safe_message
-from common.task import TopicPartition
+from common import RetriableError, TopicPartition
+from common.errors import safe_message
 from connectors.sink_billing.events import BillingEvent, BillKey, new_tuple
 from connectors.sink_billing.rules import BatchOutcome, ChargeState, fold_batch
 from connectors.sink_billing.writer import ChargeWriter

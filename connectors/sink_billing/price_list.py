@@ -16,7 +16,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from common.errors import ConfigError
+from common import ConfigError
 
 COLUMNS = ("test_code", "price", "currency", "effective_from", "effective_to")
 _SETTING = "BILLING_PRICE_LIST"

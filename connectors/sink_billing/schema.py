@@ -17,9 +17,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from common.config import WorkerSettings
+from common import ConfigError, RetriableError, WorkerSettings
 from common.database import make_engine
-from common.errors import ConfigError, RetriableError, scrub
+from common.errors import scrub
 from connectors.sink_billing import tables, violations
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from common.config import SinkSettings
+from common import SinkSettings
 from common.database import DatabaseUrl
 
 EXAMPLE_PRICE_LIST = str(Path(__file__).resolve().parent / "price_list.example.csv")

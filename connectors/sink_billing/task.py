@@ -18,9 +18,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
-from common.errors import PermanentError
-from common.records import SinkRecord
-from common.task import SinkTask, SinkTaskContext, TopicPartition
+from common import PermanentError, SinkRecord, SinkTask, SinkTaskContext, TopicPartition
 from connectors.sink_billing.bulk import bulk_upsert
 from connectors.sink_billing.events import BillingEvent, billing_event
 from connectors.sink_billing.pipeline import ChargePipeline

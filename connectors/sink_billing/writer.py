@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import ConnectorError, PermanentError, RetriableError, scrub
-from common.task import TopicPartition
+from common import ConnectorError, PermanentError, RetriableError, TopicPartition
+from common.errors import scrub
 from connectors.sink_billing import tables, violations
 from connectors.sink_billing.bulk import BulkUpsert, MultiRowUpsert, Rows, dialect_insert
 from connectors.sink_billing.events import BillingEvent, BillKey

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from common.config import WorkerSettings
-from common.connector import ConnectorSpec
+from common import ConnectorSpec, WorkerSettings
 from common.offset_reset import SqlOffsetStore
 from connectors.sink_notify import tables
 from connectors.sink_notify.report import main as report_main

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from common.errors import PermanentError
-from common.records import SinkRecord
+from common import PermanentError, SinkRecord
 
 FINAL_STATUSES = frozenset({"final"})
 CORRECTED_STATUSES = frozenset({"amended", "corrected", "appended"})

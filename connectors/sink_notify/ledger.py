@@ -34,9 +34,8 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import RetriableError, scrub
-from common.records import SinkRecord
-from common.task import TopicPartition
+from common import RetriableError, SinkRecord, TopicPartition
+from common.errors import scrub
 from connectors.sink_notify import tables
 from connectors.sink_notify.events import (
     CORRECTED_STATUSES, FINAL_STATUSES, RETRACTED_STATUSES, Contact, ReportEvent,

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
+from common import ConfigError
 from common.config import load_settings
-from common.errors import ConfigError
 
 
 def _since(text: str) -> int:

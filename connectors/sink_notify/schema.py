@@ -12,9 +12,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.config import WorkerSettings
+from common import ConfigError, RetriableError, WorkerSettings
 from common.database import make_engine
-from common.errors import ConfigError, RetriableError, scrub
+from common.errors import scrub
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "notify_alembic_version"  # same name as in migrations/env.py

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Engine
 
-from common.errors import ConfigError, PermanentError, RetriableError
-from common.records import SinkRecord
-from common.task import SinkTask, SinkTaskContext, TopicPartition
+from common import (
+    ConfigError, PermanentError, RetriableError, SinkRecord, SinkTask, SinkTaskContext, TopicPartition,
+)
 from connectors.sink_notify.events import Contact, ReportEvent, contact, report_event
 from connectors.sink_notify.ledger import DeliveryRules, Ledger
 from connectors.sink_notify.limiter import TokenBucket

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from common.errors import PermanentError
+from common import PermanentError
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "null": pa.null(),

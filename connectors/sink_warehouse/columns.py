@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from common.records import SinkRecord
+from common import SinkRecord
 from connectors.sink_warehouse.arrow_schema import SchemaMappingError
 
 KAFKA_PREFIX = "_kafka_"

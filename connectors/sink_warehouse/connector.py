@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.connector import ConnectorSpec
+from common import ConnectorSpec
 from connectors.sink_warehouse.settings import WarehouseSettings
 from connectors.sink_warehouse.task import make_task
 

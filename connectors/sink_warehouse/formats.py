@@ -20,7 +20,7 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.records import SinkRecord
+from common import SinkRecord
 from connectors.sink_warehouse.arrow_schema import SchemaMappingError, avro_to_arrow
 from connectors.sink_warehouse.avro_arrow import plain_schema
 from connectors.sink_warehouse.columns import RowLayout

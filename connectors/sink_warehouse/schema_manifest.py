@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from common.errors import RetriableError
+from common import RetriableError
 from connectors.sink_warehouse.layout import topic_folder
 from connectors.sink_warehouse.storage import Storage
 

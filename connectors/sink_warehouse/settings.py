@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import SinkSettings, TimeZoneName
+from common import SinkSettings
+from common.config import TimeZoneName
 
 MIB = 1024 * 1024
 _MAX_BACKOFF_MS = 25_000  # botocore's cap between attempts, including a Retry-After header

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from common.errors import RetriableError
+from common import RetriableError
 
 MIB = 1024 * 1024
 

@@ -25,12 +25,12 @@ from typing import Any, cast
 
 import pyarrow as pa
 
-from common.config import WorkerSettings
-from common.errors import ConfigError, ConnectorError, PermanentError, RetriableError
+from common import (
+    ConfigError, ConnectorError, PermanentError, RetriableError, SinkRecord, SinkTask, SinkTaskContext, TopicPartition,
+    WorkerSettings,
+)
 from common.heap import gc_paused
-from common.records import SinkRecord
 from common.serde import SerializationError, avro_body_offset
-from common.task import SinkTask, SinkTaskContext, TopicPartition
 from connectors.sink_warehouse.arrow_schema import (
     ColumnTypes, SchemaMappingError, add_column_types, evolution_conflicts)
 from connectors.sink_warehouse.avro_arrow import AvroBatchDecoder, BulkDecodeUnavailable

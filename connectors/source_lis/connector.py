@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.connector import ConnectorSpec
+from common import ConnectorSpec
 from connectors.source_lis.offsets import offset_rules
 from connectors.source_lis.settings import LisSettings
 from connectors.source_lis.task import LisSourceTask

@@ -36,7 +36,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from common.errors import PermanentError, RetriableError
+from common import PermanentError, RetriableError
 from connectors.source_lis.fhir_shapes import kind
 from connectors.source_lis.fhir_slices import TimeSlices
 

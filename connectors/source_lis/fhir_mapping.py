@@ -21,8 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from common.errors import PermanentError
-from common.records import DeadLetter, SourceRecord
+from common import DeadLetter, PermanentError, SourceRecord
 from connectors.source_lis import events
 from connectors.source_lis.fhir_client import FhirPage, parse_instant
 from connectors.source_lis.fhir_shapes import shape_problem

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
+from common import DeadLetter, SourceRecord
 from common.heap import gc_paused
-from common.records import DeadLetter, SourceRecord
 from connectors.source_lis.fhir_client import FhirCursor, FhirPoller, make_http_client, parse_instant
 from connectors.source_lis.fhir_mapping import FhirMapper
 from connectors.source_lis.fhir_slices import TimeSlices

@@ -17,8 +17,7 @@ from collections import OrderedDict
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from common.errors import PermanentError
-from common.records import SourceRecord
+from common import PermanentError, SourceRecord
 from connectors.source_lis import events
 from connectors.source_lis.hl7_parser import Hl7Patient, OruMessage, parse_ts
 

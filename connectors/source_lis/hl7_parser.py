@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from common.errors import PermanentError
+from common import PermanentError
 
 
 class Hl7Error(PermanentError):

@@ -36,8 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import PermanentError
-from common.records import DeadLetter, SourceRecord
+from common import DeadLetter, PermanentError, SourceRecord
 from connectors.source_lis.archive import ArchiveReader, ArchiveWriter
 from connectors.source_lis.hl7_ack import (
     APPLICATION_INTERNAL_ERROR,

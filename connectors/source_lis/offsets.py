@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from common.config import WorkerSettings
+from common import WorkerSettings
 from common.offset_reset import ResetTarget, SourceOffsetChange
 from connectors.source_lis.fhir_client import FhirCursor
 from connectors.source_lis.settings import LisSettings

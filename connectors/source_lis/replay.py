@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.connector import ConnectorSpec
-from common.errors import ConfigError
+from common import ConfigError, ConnectorSpec
 from connectors.source_lis.settings import LisSettings
 from connectors.source_lis.task import LisSourceTask
 from connectors.source_lis.window import ReplayWindow

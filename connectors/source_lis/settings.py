@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import SourceSettings, TimeZoneName
+from common import SourceSettings
+from common.config import TimeZoneName
 
 _PRODUCER_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 # The context headers of a dead letter (stack trace, message, ids) and the record's framing.

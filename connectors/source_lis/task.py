@@ -16,8 +16,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from common.records import DeadLetter, SourceRecord
-from common.task import SourceTask, SourceTaskContext
+from common import DeadLetter, SourceRecord, SourceTask, SourceTaskContext
 from connectors.source_lis.settings import LisSettings
 from connectors.source_lis.window import ReplayWindow
 

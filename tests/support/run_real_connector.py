@@ -46,7 +46,7 @@ def _countdown(variable: str) -> Any:
 
 def _crash_in_transaction(limit: int) -> None:
     """SIGKILL the source worker in its ``limit``-th transaction, just before the commit."""
-    from common.source_worker import SourceWorker
+    from common._source_worker import SourceWorker
 
     original_write, original_produce = SourceWorker._write, SourceWorker._produce
     state = {"transactions": 0}

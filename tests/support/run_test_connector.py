@@ -7,7 +7,7 @@ import signal
 import sys
 
 from common.cli import run_spec
-from common.source_worker import SourceWorker
+from common._source_worker import SourceWorker
 from tests.support.test_connectors import COUNTING_SOURCE, RECORDING_SINK
 
 _original_produce = SourceWorker._produce

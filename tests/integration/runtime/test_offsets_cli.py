@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from common.serde import SingleObjectSerde
-from common.source_worker import read_source_offsets
+from common._source_worker import read_source_offsets
 from connectors.sink_billing import tables as billing_tables
 from connectors.sink_billing.audit import charge_counts
 from devstack.lis_simulator import FhirSimulator, generate

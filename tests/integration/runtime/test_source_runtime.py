@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Producer
 
 from common.serde import SingleObjectSerde
-from common.source_worker import StopRequested, offset_key, read_source_offsets
+from common._source_worker import StopRequested, offset_key, read_source_offsets
 from tests.integration.conftest import RuntimeEnv
 from tests.support.kafka_helpers import consume_all, wait_for
 

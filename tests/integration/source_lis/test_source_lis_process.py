@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from common.serde import SingleObjectSerde
-from common.source_worker import read_source_offsets
+from common._source_worker import read_source_offsets
 from connectors.source_lis.fhir_client import format_instant
 from connectors.source_lis.window import ReplayWindow
 from devstack.lis_simulator import (

@@ -18,7 +18,7 @@ from common.connector import ConnectorSpec
 from common.dlq import DeadLetterQueue
 from common.errors import PermanentError, RetriableError, TaskFailed, is_retriable
 from common.records import SinkRecord
-from common.sink_worker import SinkContext, SinkWorker, _Abandoned
+from common._sink_worker import SinkContext, SinkWorker, _Abandoned
 from common.status import Control, StatusReporter
 from common.task import SinkTask
 

@@ -11,7 +11,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from common.errors import RetriableError
 from common.records import SinkRecord
-from common.sink_worker import SinkContext, SinkWorker
+from common._sink_worker import SinkContext, SinkWorker
 from tests.unit.common.test_sink_worker_faults import FakeConsumer, PoisonAwareSink, _records, _worker
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-import common.source_worker as source_worker
+import common._source_worker as source_worker
 from common.config import SourceSettings
 from common.connector import ConnectorSpec
 from common.records import DeadLetter, SourceRecord
-from common.source_worker import SourceWorker
+from common._source_worker import SourceWorker
 from common.status import Control, StatusReporter
 from common.task import SourceTask
 

@@ -1,4 +1,4 @@
-"""A stand-in for common.source_worker in tests: commits batches and offsets in memory.
+"""A stand-in for common._source_worker in tests: commits batches and offsets in memory.
 
 It does what the runtime promises the task: the last source offset per partition of
 a committed batch becomes visible through ``context.offset``; ``on_committed`` or

@@ -45,7 +45,7 @@ from common.status import Control, StatusReporter, TaskState
 from common.task import SinkTask, TopicPartition as TP
 from common.tolerance import ErrorTolerance
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("common.sink_worker")  # the public logger name: operators filter logs by it
 
 
 class _Abandoned(Exception):

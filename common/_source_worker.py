@@ -42,7 +42,7 @@ from common.task import SourceTask
 from common.tolerance import ErrorTolerance
 from common.topic_reader import ReadStopped, ReadTimedOut, high_watermarks, read_to_end
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("common.source_worker")  # the public logger name: operators filter logs by it
 
 
 def offset_key(connector: str, partition: dict[str, Any]) -> bytes:
