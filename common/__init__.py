@@ -7,10 +7,10 @@ connectors raise. The names are loaded on first use, so importing any
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing here would cost every `import common.x`
-if TYPE_CHECKING:
-    from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
     from common.config import SinkSettings, SourceSettings, WorkerSettings
     from common.connector import ConnectorSpec
     from common.errors import ConfigError, ConnectorError, PermanentError, RetriableError
@@ -63,8 +63,6 @@ def __getattr__(name: str) -> Any:
     module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
