@@ -326,16 +326,25 @@ class SinkWorker:
         positions = self.consumer.position([TopicPartition(t, p) for t, p in touched])
         return [tp for tp in positions if tp.offset >= 0]
 
-    def _deliver(self, records: Sequence[SinkRecord], positions: list[TopicPartition]) -> None:
-        final = {(tp.topic, tp.partition): tp.offset for tp in positions}
+    def _attempt(self, records: Sequence[SinkRecord], offsets: dict[TP, int]) -> Exception | None:
+        """Put and flush ``records`` (counted valid when that worked); the error when the batch
+        failed for something in it, to be split or dead-lettered. A failure of the task itself,
+        a rewind or an abandoned batch propagates."""
         try:
-            self._put_and_flush(records, final)
-            self.errors.record_valid(self._valid_count(records))
+            self._put_and_flush(records, offsets)
         except (TaskFailed, _Abandoned, _Rewound, MemoryError):
             raise
         except Exception as exc:
-            self.errors.check("put", exc, as_cause=True)
-            log.warning("batch failed permanently (%s); isolating the bad record", type(exc).__name__,
+            return exc
+        self.errors.record_valid(self._valid_count(records))
+        return None
+
+    def _deliver(self, records: Sequence[SinkRecord], positions: list[TopicPartition]) -> None:
+        final = {(tp.topic, tp.partition): tp.offset for tp in positions}
+        failure = self._attempt(records, final)
+        if failure is not None:
+            self.errors.check("put", failure, as_cause=True)
+            log.warning("batch failed permanently (%s); isolating the bad record", type(failure).__name__,
                         extra={"count": len(records)})
             self._split(records, final)
 
@@ -372,15 +381,11 @@ class SinkWorker:
         if len(records) == 1:
             record = records[0]
             offsets = _offsets_through(records, final, last=last)
-            try:
-                self._put_and_flush(records, offsets)
-                self.errors.record_valid(self._valid_count(records))
-            except (TaskFailed, _Abandoned, _Rewound, MemoryError):
-                raise
-            except Exception as exc:
+            failure = self._attempt(records, offsets)
+            if failure is not None:
                 # A raw_values task that finds a corrupt body reports it as a converter error.
-                stage = "VALUE_CONVERTER" if isinstance(exc, SerializationError) else "TASK_PUT"
-                self._dead_letter_record(record, exc, stage)
+                stage = "VALUE_CONVERTER" if isinstance(failure, SerializationError) else "TASK_PUT"
+                self._dead_letter_record(record, failure, stage)
                 self._put_and_flush([], offsets)  # a sink that owns its offsets moves past it too
             self._commit(offsets)
             return
@@ -390,12 +395,7 @@ class SinkWorker:
             self._wait_paused(0.01)
             part_is_last = last and is_last
             offsets = _offsets_through(part, final, last=part_is_last)
-            try:
-                self._put_and_flush(part, offsets)
-                self.errors.record_valid(self._valid_count(part))
-            except (TaskFailed, _Abandoned, _Rewound, MemoryError):
-                raise
-            except Exception:
+            if self._attempt(part, offsets) is not None:
                 self._split(part, final, last=part_is_last)
                 continue
             self._commit(offsets)

@@ -21,7 +21,7 @@ _SPANS_KEPT = 1 << 16
 _ONE_MS = datetime.timedelta(milliseconds=1)
 
 
-def span_start(span: int) -> datetime.datetime:
+def _span_start(span: int) -> datetime.datetime:
     """The datetime where span ``span`` (``ms >> SPAN_BITS``) starts, now cached."""
     if len(SPAN_START) >= _SPANS_KEPT:
         SPAN_START.clear()
@@ -32,6 +32,6 @@ def span_start(span: int) -> datetime.datetime:
 def utc_from_millis(ms: int) -> datetime.datetime:
     """``EPOCH_UTC + timedelta(milliseconds=ms)``; OverflowError outside datetime's years 1-9999."""
     try:
-        return (SPAN_START.get(ms >> SPAN_BITS) or span_start(ms >> SPAN_BITS)) + MILLIS_IN_SPAN[ms & SPAN_MASK]
+        return (SPAN_START.get(ms >> SPAN_BITS) or _span_start(ms >> SPAN_BITS)) + MILLIS_IN_SPAN[ms & SPAN_MASK]
     except OverflowError:  # the first seconds of year 1: their span starts before it
         return EPOCH_UTC + _ONE_MS * ms

@@ -22,12 +22,14 @@ from common.avro_codegen.encoder import _comment
 from common.avro_codegen.resolution import first_match, matches
 from common.avro_codegen.schemas import NamedTypes, Unsupported, describe, kind_of, logical_key
 from common.avro_codegen.source import Function, Module
+from common import millis
 from common.millis import SPAN_BITS, SPAN_MASK
 
 RUNTIME_NAMES = {name: getattr(runtime, name) for name in (
     "Unusual", "ONE_BYTE_LONG", "ONE_BYTE_LENGTH", "BOOLEAN_OF_BYTE", "read_long", "read_length",
-    "read_block_count", "unpack_float", "unpack_double", "EPOCH_UTC", "timedelta", "SPAN_START", "MILLIS_IN_SPAN",
-    "utc_from_millis")}
+    "read_block_count", "unpack_float", "unpack_double", "timedelta")}
+RUNTIME_NAMES.update({name: getattr(millis, name) for name in (
+    "EPOCH_UTC", "SPAN_START", "MILLIS_IN_SPAN", "utc_from_millis")})
 RUNTIME_NAMES["deepcopy"] = copy.deepcopy
 
 # Each Avro type's smallest encoding is a byte or more, except these: a block count above

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import struct
 
-from common.millis import EPOCH_UTC, MILLIS_IN_SPAN, SPAN_START, utc_from_millis
 
 
 class Unusual(Exception):
@@ -199,9 +198,8 @@ def read_block_count(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 # Logical types read the way fastavro's LOGICAL_READERS do (a unit test holds them equal);
-# timestamp-millis through common.millis (EPOCH_UTC, SPAN_START, ...), inlined by the decoder.
+# timestamp-millis through common.millis, whose names the decoder adds itself.
 timedelta = datetime.timedelta
-__all__ = ["EPOCH_UTC", "MILLIS_IN_SPAN", "SPAN_START", "utc_from_millis"]  # re-exported for the decoders
 
 unpack_float = struct.Struct("<f").unpack_from
 unpack_double = struct.Struct("<d").unpack_from
